@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from llmcal._io import atomic_write
 from llmcal._version import __version__
 from llmcal.errors import ScoresError
 
@@ -100,7 +100,11 @@ class Scores:
         n_opt = finite.sum(axis=1)
         # finite entries must form a prefix: padding is only on the right
         if n and not np.array_equal(finite, np.arange(z.shape[1])[None, :] < n_opt[:, None]):
-            row = int(np.argwhere(~np.all(finite == (np.arange(z.shape[1]) < n_opt[:, None]), axis=1))[0, 0])
+            row = int(
+                np.argwhere(~np.all(finite == (np.arange(z.shape[1]) < n_opt[:, None]), axis=1))[
+                    0, 0
+                ]
+            )
             raise ScoresError(
                 f"row {row} (id {ids[row]!r}): -inf may only pad the right end of a row, got {z[row].tolist()}"
             )
@@ -285,8 +289,9 @@ class Scores:
 
         path = Path(path)
         if path.suffix != ".parquet":
-            raise ScoresError(f"Scores are saved as Parquet; use a .parquet path, not {path.name!r}")
-        path.parent.mkdir(parents=True, exist_ok=True)
+            raise ScoresError(
+                f"Scores are saved as Parquet; use a .parquet path, not {path.name!r}"
+            )
         meta = {**self.meta, "llmcal_version": self.meta.get("llmcal_version", __version__)}
         columns: dict[str, Any] = {
             "id": pa.array(self.ids.tolist(), type=pa.string()),
@@ -297,15 +302,7 @@ class Scores:
             columns["subject"] = pa.array(self.subjects.tolist(), type=pa.string())
         header = {"format": FORMAT_VERSION, "meta": meta}
         table = pa.table(columns).replace_schema_metadata({_META_KEY: json.dumps(header).encode()})
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Scores:

@@ -1,0 +1,449 @@
+"""HFScorer: score multiple-choice tasks with any transformers causal LM.
+
+Loads a bundled alias, a ``.gguf`` file (dequantised by transformers), a local directory or a
+hub id, optionally with a PEFT adapter. Two modes:
+
+* ``letter``: one forward pass per question; the next-token logits of the option-letter tokens
+  at the answer position (only the last position's logits are computed).
+* ``cloze``: the log-likelihood of each option's text as a continuation of the question, with
+  ``sum``, ``mean`` (per token) or ``char`` (per character) normalisation; the options of one
+  question always share a batch.
+
+Batches are length-sorted and left-padded with explicit position ids, so a padded row computes
+exactly what it would alone (up to float rounding).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llmcal.errors import ConfigError, ModelError
+from llmcal.models.base import (
+    Mode,
+    Normalization,
+    as_template,
+    build_scores,
+    check_mode,
+)
+from llmcal.models.bundled import BUNDLED, resolve_bundled
+from llmcal.scores import Scores
+from llmcal.tasks.templates import DEFAULT_TEMPLATE, Template
+from llmcal.tasks.types import LETTERS, Question, Task
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's weights come from: ``kind`` is alias, gguf, directory or hub."""
+
+    kind: str
+    location: str
+    gguf_file: str | None = None
+
+    @property
+    def location_path(self) -> Path:
+        """``location`` as a Path."""
+        return Path(self.location)
+
+    @property
+    def load_dir(self) -> str:
+        """The first argument to ``from_pretrained``."""
+        return str(Path(self.location).parent) if self.gguf_file else self.location
+
+
+def resolve_model(model: str) -> ModelSource:
+    """Interpret ``model`` as a bundled alias, a .gguf file, a local directory or a hub id."""
+    gguf = resolve_bundled(model)
+    if gguf is not None:
+        return ModelSource("alias", str(gguf), gguf.name)
+    path = Path(model).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"GGUF file not found: {path}")
+        return ModelSource("gguf", str(path.resolve()), path.name)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(
+                f"{path} is a directory but has no config.json; point --model at a transformers "
+                "model directory (save_pretrained output) or a .gguf file"
+            )
+        return ModelSource("directory", str(path.resolve()))
+    if path.exists() or model.startswith((".", "/", "~")):
+        raise ModelError(f"model path {model!r} is neither a .gguf file nor a model directory")
+    if model.count("/") > 1 or not model.strip():
+        raise ModelError(
+            f"{model!r} is not a bundled alias ({', '.join(BUNDLED)}), a local path or a hub id"
+        )
+    return ModelSource("hub", model)
+
+
+_DONE = "llmcal-converted.txt"
+
+
+def cache_root() -> Path:
+    """Where converted GGUF models are kept (``LLMCAL_CACHE_DIR`` or ~/.cache/llmcal)."""
+    env = os.environ.get("LLMCAL_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "llmcal"
+
+
+def converted_dir(gguf: Path) -> Path:
+    """The cache folder of a GGUF file's dequantised transformers copy (keyed by size, mtime)."""
+    st = gguf.stat()
+    return cache_root() / "converted" / f"{gguf.stem}-{st.st_size}-{st.st_mtime_ns}"
+
+
+def pick_device(device: str) -> str:
+    """``auto`` → cuda when available, else cpu."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {device!r} requested but CUDA is not available; use --device cpu"
+        )
+    return device
+
+
+def pick_dtype(dtype: str, device: str) -> torch.dtype:
+    """``auto`` → bfloat16 on a bf16-capable GPU, float32 otherwise."""
+    import torch
+
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype == "auto":
+        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in names:
+        raise ConfigError(f"unknown dtype {dtype!r}; use auto, {', '.join(names)}")
+    return names[dtype]
+
+
+def length_batches(lengths: Sequence[int], max_items: int) -> Iterator[list[int]]:
+    """Index batches of at most ``max_items``, longest first (padding waste is minimal)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    for start in range(0, len(order), max_items):
+        yield order[start : start + max_items]
+
+
+class HFScorer:
+    """Score tasks with a transformers causal LM (see module docstring)."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        adapter: str | os.PathLike[str] | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int = 8,
+        trust_remote_code: bool = False,
+        progress: bool | None = None,
+        convert_cache: bool = True,
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        import torch
+
+        self.name = model
+        self.source = resolve_model(model)
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self.batch_size = batch_size
+        self.progress = progress
+        self.adapter = None if adapter is None else str(adapter)
+        self.convert_cache = convert_cache
+        self.tokenizer, self.model = self._load(trust_remote_code)
+        self._torch = torch
+
+    # -- loading ----------------------------------------------------------------------------
+    def _load(self, trust_remote_code: bool) -> tuple[Any, Any]:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        src = self.source
+        load_dir = src.load_dir
+        kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+        if src.gguf_file:
+            cached = converted_dir(Path(src.location)) if self.convert_cache else None
+            if cached is not None and not (cached / _DONE).is_file():
+                self._convert(cached)
+            if cached is not None:
+                load_dir = str(cached)
+            else:
+                kwargs["gguf_file"] = src.gguf_file
+        try:
+            tok = AutoTokenizer.from_pretrained(load_dir, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(load_dir, dtype=self.dtype, **kwargs)
+        except (OSError, ValueError, ImportError) as exc:
+            hint = ""
+            if src.kind == "hub":
+                hint = (
+                    " (hub ids need network access; offline, pass a local directory, a .gguf "
+                    f"file or a bundled alias: {', '.join(BUNDLED)})"
+                )
+            raise ModelError(f"could not load model {self.name!r}: {exc}{hint}") from exc
+        if self.adapter is not None:
+            model = self._attach_adapter(model)
+        model.to(self.device).eval()
+        tok.padding_side = "left"
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        return tok, model
+
+    def _convert(self, target: Path) -> None:
+        """Dequantise the GGUF once and save it as a transformers directory (atomically)."""
+        import shutil
+        import tempfile
+
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        src = self.source
+        try:
+            tok = AutoTokenizer.from_pretrained(src.load_dir, gguf_file=src.gguf_file)
+            model = AutoModelForCausalLM.from_pretrained(
+                src.load_dir, gguf_file=src.gguf_file, dtype="float32"
+            )
+        except (OSError, ValueError, ImportError) as exc:
+            raise ModelError(f"could not read GGUF file {src.location}: {exc}") from exc
+        # The weights are already dequantised float32; the GGUF "quantizer" left on the model
+        # only blocks save_pretrained.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            tok.save_pretrained(tmp)
+            model.save_pretrained(tmp)
+            (tmp / _DONE).write_text(src.location + "\n", encoding="utf-8")
+            if target.exists():  # a concurrent conversion finished first
+                shutil.rmtree(tmp)
+            else:
+                tmp.rename(target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _attach_adapter(self, model: Any) -> Any:
+        try:
+            from peft import PeftModel
+        except ImportError as exc:
+            raise ConfigError("adapters need PEFT: pip install 'llmcal[train]'") from exc
+        path = Path(str(self.adapter))
+        if not (path / "adapter_config.json").is_file():
+            raise ModelError(f"{path} is not a PEFT adapter directory (no adapter_config.json)")
+        try:
+            return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"could not load adapter {path} onto {self.name!r}: {exc}") from exc
+
+    # -- public API ---------------------------------------------------------------------------
+    def score(
+        self,
+        task: Task,
+        *,
+        mode: Mode = "letter",
+        template: str | Template = DEFAULT_TEMPLATE,
+        normalization: Normalization = "mean",
+        shots: Sequence[Question] = (),
+    ) -> Scores:
+        """Score every question of ``task``; see the module docstring for the modes."""
+        check_mode(mode, normalization)
+        tmpl = as_template(template)
+        if len(task) == 0:
+            raise ConfigError(f"task {task.name!r} has no questions to score")
+        shot_ids = {s.id for s in shots}
+        if shot_ids & set(task.ids):
+            raise ConfigError("few-shot examples must not be among the scored questions")
+        if mode == "letter":
+            rows, extra = self._score_letter(task, tmpl, shots)
+        else:
+            rows, extra = self._score_cloze(task, tmpl, normalization)
+        meta = {
+            "model": self.name,
+            "model_source": {"kind": self.source.kind, "location": self._public_location()},
+            "adapter": self.adapter,
+            "backend": "hf",
+            "mode": mode,
+            "template": tmpl.name,
+            "n_shots": len(shots),
+            "shot_ids": [s.id for s in shots],
+            "device": self.device,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "batch_size": self.batch_size,
+            **extra,
+        }
+        return build_scores(task, rows, meta)
+
+    def _public_location(self) -> str:
+        return (
+            Path(self.source.location).name if self.source.kind == "alias" else self.source.location
+        )
+
+    # -- letter mode --------------------------------------------------------------------------
+    def render_letter(self, q: Question, tmpl: Template, shots: Sequence[Question] = ()) -> str:
+        """The exact prompt text fed to the model for ``q`` (chat template applied if chat)."""
+        if not tmpl.chat:
+            return tmpl.letter_prompt(q, shots)
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ModelError(
+                f"model {self.name!r} has no chat template; use a plain template such as daca1"
+            )
+        text = self.tokenizer.apply_chat_template(
+            tmpl.messages(q, shots), add_generation_prompt=True, tokenize=False
+        )
+        return str(text)
+
+    def _encode(self, text: str, chat: bool) -> list[int]:
+        # a rendered chat template already holds its special tokens (BOS etc.)
+        ids = self.tokenizer(text, add_special_tokens=not chat)["input_ids"]
+        return list(ids)
+
+    def option_token_ids(self, prompt: str, sep: str, k: int, chat: bool) -> list[int]:
+        """The single token each letter adds after ``prompt`` (e.g. " A"), checked distinct."""
+        base = self._encode(prompt, chat)
+        ids: list[int] = []
+        for letter in LETTERS[:k]:
+            full = self._encode(prompt + sep + letter, chat)
+            if full[: len(base)] != base or len(full) != len(base) + 1:
+                raise ModelError(
+                    f"the tokenizer of {self.name!r} does not encode option {sep + letter!r} as one "
+                    f"token after the prompt (got {full[len(base) - 1 :]} after {base[-1:]}); "
+                    "letter mode needs single-token option letters: try --mode cloze"
+                )
+            ids.append(full[-1])
+        if len(set(ids)) != k:
+            raise ModelError(f"option letters map to repeated token ids {ids} for {self.name!r}")
+        return ids
+
+    def _score_letter(
+        self, task: Task, tmpl: Template, shots: Sequence[Question]
+    ) -> tuple[list[list[float]], dict[str, Any]]:
+        torch = self._torch
+        prompts = [self.render_letter(q, tmpl, shots) for q in task]
+        k = task.max_choices
+        token_ids = self.option_token_ids(prompts[0], tmpl.answer_sep, k, tmpl.chat)
+        encoded = [self._encode(p, tmpl.chat) for p in prompts]
+        rows: list[list[float]] = [[] for _ in task]
+        index = torch.tensor(token_ids, device=self.device)
+        with self._bar(len(task)) as bar:
+            for batch in length_batches([len(e) for e in encoded], self.batch_size):
+                logits = self._forward([encoded[i] for i in batch], keep=1)[:, -1, :]
+                opt = logits.index_select(-1, index).double().cpu().numpy()
+                for j, i in enumerate(batch):
+                    rows[i] = opt[j, : len(task[i].choices)].tolist()
+                bar.update(len(batch))
+        tokens = self.tokenizer.convert_ids_to_tokens(token_ids)
+        extra = {
+            "logit_kind": "logits",
+            "option_tokens": {
+                letter: {"id": int(t), "token": str(s)}
+                for letter, t, s in zip(LETTERS, token_ids, tokens)
+            },
+            "answer_sep": tmpl.answer_sep,
+            "example_prompt": prompts[0],
+        }
+        return rows, extra
+
+    # -- cloze mode ---------------------------------------------------------------------------
+    def encode_cloze(
+        self, context: str, continuation: str, chat: bool
+    ) -> tuple[list[int], list[int]]:
+        """Context and continuation token ids, split as lm-evaluation-harness does.
+
+        Trailing whitespace of the context moves to the continuation; the continuation ids are
+        the tail of the jointly encoded text, so tokens are the ones the model would see.
+        """
+        stripped = context.rstrip()
+        continuation = context[len(stripped) :] + continuation
+        whole = self._encode(stripped + continuation, chat)
+        ctx = self._encode(stripped, chat)
+        cont = whole[len(ctx) :]
+        if not cont:
+            raise ModelError(f"continuation {continuation!r} encodes to no tokens")
+        return ctx, cont
+
+    def _score_cloze(
+        self, task: Task, tmpl: Template, normalization: Normalization
+    ) -> tuple[list[list[float]], dict[str, Any]]:
+        torch = self._torch
+        seqs: list[list[tuple[list[int], int, int]]] = []  # per question: (ids, n_cont, n_chars)
+        for q in task:
+            context, conts = tmpl.cloze(q)
+            if tmpl.chat:
+                context = self.render_letter(
+                    Question(q.id, q.question, q.choices, context=q.context), tmpl
+                )
+                conts = [c.lstrip() for c in conts]
+            per_q = []
+            for cont in conts:
+                ctx_ids, cont_ids = self.encode_cloze(context, cont, tmpl.chat)
+                per_q.append((ctx_ids + cont_ids, len(cont_ids), len(cont)))
+            seqs.append(per_q)
+        rows: list[list[float]] = [[] for _ in task]
+        # whole questions per batch: ~batch_size sequences, options of a question together
+        per_batch = max(1, self.batch_size // max(1, task.max_choices))
+        lengths = [max(len(s[0]) for s in per_q) for per_q in seqs]
+        with self._bar(len(task)) as bar:
+            for batch in length_batches(lengths, per_batch):
+                flat = [s for i in batch for s in seqs[i]]
+                keep = max(n for _, n, _ in flat)
+                logits = self._forward([ids[:-1] for ids, _, _ in flat], keep=keep)
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                j = 0
+                for i in batch:
+                    vals = []
+                    for ids, n, n_chars in seqs[i]:
+                        target = torch.tensor(ids[-n:], device=self.device)
+                        lp = (
+                            logp[j, keep - n :, :].gather(-1, target[:, None]).double().sum().item()
+                        )
+                        vals.append(self._normalize(lp, n, n_chars, normalization))
+                        j += 1
+                    rows[i] = vals
+                bar.update(len(batch))
+        return rows, {"logit_kind": "loglikelihood", "normalization": normalization}
+
+    @staticmethod
+    def _normalize(logp: float, n_tokens: int, n_chars: int, how: Normalization) -> float:
+        if how == "sum":
+            return logp
+        if how == "mean":
+            return logp / n_tokens
+        return logp / max(1, n_chars)
+
+    # -- the forward pass ---------------------------------------------------------------------
+    def _forward(self, seqs: Sequence[Sequence[int]], keep: int) -> torch.Tensor:
+        """Logits of the last ``keep`` positions of left-padded ``seqs`` (B × keep × V)."""
+        torch = self._torch
+        width = max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, s in enumerate(seqs):
+            ids[r, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[r, width - len(s) :] = 1
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=position_ids.to(self.device),
+                logits_to_keep=keep,
+                use_cache=False,
+            )
+        return out.logits.float()
+
+    def _bar(self, total: int) -> Any:
+        from tqdm.auto import tqdm
+
+        disable = not self.progress if self.progress is not None else None
+        return tqdm(
+            total=total, desc=f"scoring {self.name}", unit="q", disable=disable, leave=False
+        )
