@@ -51,7 +51,9 @@ class Template:
         if q.context:
             lines.append(f"Passage: {q.context}")
         lines.append(f"Question: {q.question}")
-        lines.extend(f"{letter}: {choice}" for letter, choice in zip(q.letters, q.choices))
+        lines.extend(
+            f"{letter}: {choice}" for letter, choice in zip(q.letters, q.choices, strict=True)
+        )
         answer = "Answer:"
         if with_answer:
             if q.answer is None:
@@ -73,7 +75,9 @@ class Template:
         """Plain-text prompt for letter mode (not for chat templates: see :meth:`messages`)."""
         self._check_shots(shots)
         if self.chat:
-            raise ConfigError(f"template {self.name!r} is a chat template; render it with messages()")
+            raise ConfigError(
+                f"template {self.name!r} is a chat template; render it with messages()"
+            )
         return self._body(q, shots)
 
     def messages(self, q: Question, shots: Sequence[Question] = ()) -> list[Message]:

@@ -53,7 +53,11 @@ class Question:
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical JSONL record (optional fields omitted when unset)."""
-        out: dict[str, Any] = {"id": self.id, "question": self.question, "choices": list(self.choices)}
+        out: dict[str, Any] = {
+            "id": self.id,
+            "question": self.question,
+            "choices": list(self.choices),
+        }
         out["answer"] = self.answer
         if self.context is not None:
             out["context"] = self.context
@@ -67,7 +71,7 @@ class Task:
     """A named, ordered collection of Questions with free-form metadata."""
 
     name: str
-    questions: tuple[Question, ...]
+    questions: Sequence[Question]
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -123,7 +127,9 @@ class Task:
     def filter(self, subject: str | Sequence[str]) -> Task:
         """The questions of one subject (or any of several)."""
         wanted = {subject} if isinstance(subject, str) else set(subject)
-        return self._derive((q for q in self.questions if q.subject in wanted), subject=sorted(wanted))
+        return self._derive(
+            (q for q in self.questions if q.subject in wanted), subject=sorted(wanted)
+        )
 
     def shuffle(self, seed: int) -> Task:
         """A seeded permutation of the questions (numpy PCG64, stable across platforms)."""
@@ -148,7 +154,9 @@ class Task:
         if not fractions:
             raise ConfigError("split needs at least one named fraction")
         if any(f <= 0 for f in fractions.values()) or sum(fractions.values()) > 1 + 1e-9:
-            raise ConfigError(f"split fractions must be positive and sum to at most 1, got {fractions}")
+            raise ConfigError(
+                f"split fractions must be positive and sum to at most 1, got {fractions}"
+            )
         n = len(self.questions)
         order = np.random.default_rng(seed).permutation(n)
         total = sum(fractions.values())
