@@ -1,0 +1,61 @@
+"""Plain-text tables of evaluation results for the terminal."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+#: (key in evaluate()'s dict, label, format) in display order.
+SUMMARY_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("n", "questions", "{:d}"),
+    ("accuracy", "accuracy", "{:.4f}"),
+    ("mean_confidence", "mean confidence", "{:.4f}"),
+    ("ece", "ECE", "{:.4f}"),
+    ("mce", "MCE", "{:.4f}"),
+    ("smooth_ece", "smooth ECE", "{:.4f}"),
+    ("brier", "Brier", "{:.4f}"),
+    ("nll", "NLL", "{:.4f}"),
+    ("auroc", "AUROC", "{:.4f}"),
+)
+
+
+def _fmt(value: Any, spec: str) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float) and value != value:  # NaN
+        return "n/a"
+    return spec.format(value)
+
+
+def format_cell(result: Mapping[str, Any], key: str, spec: str) -> str:
+    """One value of ``result``, with its bootstrap CI for ECE when present."""
+    text = _fmt(result.get(key), spec)
+    if key == "ece" and result.get("ece_ci") is not None:
+        lo, hi = result["ece_ci"]
+        text += f" [{lo:.4f}, {hi:.4f}]"
+    return text
+
+
+def summary_table(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """A metric × run table; ``results`` maps a run name to ``evaluate()``'s dict."""
+    names = list(results)
+    first = next(iter(results.values()), {})
+    ece_label = f"ECE ({first.get('n_bins', '?')} bins, {first.get('binning', '?')})"
+    if first.get("ece_ci") is not None:
+        ece_label += " [95% CI]"
+    labels = [ece_label if key == "ece" else label for key, label, _ in SUMMARY_ROWS]
+    cells = [[format_cell(results[n], key, spec) for n in names] for key, _, spec in SUMMARY_ROWS]
+    return render(["metric", *names], [[lab, *row] for lab, row in zip(labels, cells, strict=True)])
+
+
+def render(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned first column, right-aligned others, a rule under the header."""
+    widths = [max(len(str(r[c])) for r in [header, *rows]) for c in range(len(header))]
+
+    def line(r: Sequence[str]) -> str:
+        first = str(r[0]).ljust(widths[0])
+        rest = [str(v).rjust(w) for v, w in zip(r[1:], widths[1:], strict=True)]
+        return "  ".join([first, *rest]).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
