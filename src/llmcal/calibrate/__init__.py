@@ -1,1 +1,38 @@
-"""calibrate."""
+"""Calibrators: fit on Scores, transform Scores, save and load as JSON artefacts.
+
+Supervised: :class:`TemperatureScaling`, :class:`VectorScaling`, :class:`MatrixScaling`,
+:class:`HistogramBinning`, :class:`IsotonicCalibration`, :class:`PlattScaling`. Label-free:
+:class:`DACA` (a post-trained model calibrated against its pre-trained counterpart).
+"""
+
+from __future__ import annotations
+
+from llmcal.calibrate.base import (
+    CALIBRATORS,
+    FORMAT,
+    FORMAT_VERSION,
+    CalibrationWarning,
+    Calibrator,
+    load_calibrator,
+)
+from llmcal.calibrate.binning import HistogramBinning, IsotonicCalibration, PlattScaling
+from llmcal.calibrate.daca import DACA, agreement_mask, reference_distribution
+from llmcal.calibrate.scaling import MatrixScaling, TemperatureScaling, VectorScaling
+
+__all__ = [
+    "CALIBRATORS",
+    "DACA",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "CalibrationWarning",
+    "Calibrator",
+    "HistogramBinning",
+    "IsotonicCalibration",
+    "MatrixScaling",
+    "PlattScaling",
+    "TemperatureScaling",
+    "VectorScaling",
+    "agreement_mask",
+    "load_calibrator",
+    "reference_distribution",
+]
