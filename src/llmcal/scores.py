@@ -223,7 +223,7 @@ class Scores:
     def replace(self, **changes: Any) -> Scores:
         """A copy with some fields changed (``meta`` given here is merged, not replaced)."""
         meta = {**self.meta, **changes.pop("meta", {})}
-        fields = {
+        fields: dict[str, Any] = {
             "ids": self.ids,
             "logits": self.logits,
             "labels": self.labels,

@@ -145,7 +145,7 @@ def test_model_resolution_errors(tmp_path) -> None:  # type: ignore[no-untyped-d
     assert resolve_model("org/some-model").kind == "hub"
     with pytest.raises(ModelError, match="GGUF file not found"):
         resolve_model(str(tmp_path / "missing.gguf"))
-    with pytest.raises(ModelError, match="no config.json"):
+    with pytest.raises(ModelError, match=r"no config\.json"):
         resolve_model(str(tmp_path))
     with pytest.raises(ModelError, match="network access"):
         HFScorer("llmcal-test/definitely-not-a-model", progress=False)

@@ -190,7 +190,8 @@ class HFScorer:
             raise ModelError(f"could not load model {self.name!r}: {exc}{hint}") from exc
         if self.adapter is not None:
             model = self._attach_adapter(model)
-        model.to(self.device).eval()
+        model = model.to(self.device)  # type: ignore[arg-type]  # transformers types .to oddly
+        model.eval()
         tok.padding_side = "left"
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
@@ -213,7 +214,7 @@ class HFScorer:
             raise ModelError(f"could not read GGUF file {src.location}: {exc}") from exc
         # The weights are already dequantised float32; the GGUF "quantizer" left on the model
         # only blocks save_pretrained.
-        model.hf_quantizer = None
+        setattr(model, "hf_quantizer", None)  # noqa: B010 (typed as a module attribute)
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -344,7 +345,7 @@ class HFScorer:
             "logit_kind": "logits",
             "option_tokens": {
                 letter: {"id": int(t), "token": str(s)}
-                for letter, t, s in zip(LETTERS, token_ids, tokens)
+                for letter, t, s in zip(LETTERS, token_ids, tokens, strict=False)
             },
             "answer_sep": tmpl.answer_sep,
             "example_prompt": prompts[0],

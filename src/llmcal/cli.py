@@ -1,0 +1,400 @@
+"""The ``llmcal`` command line: score, eval, fit, apply, demo and list.
+
+Every user error is an ``LLMCalError``: the CLI prints one line ``llmcal: error: …`` and exits 2,
+without a traceback. Outputs are written atomically, so a failed command leaves no half-written
+file behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from llmcal._io import atomic_write_text
+from llmcal._version import __version__
+from llmcal.errors import ConfigError, LLMCalError
+
+EXIT_USAGE = 2
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _out_path(path: str, suffixes: Sequence[str], flag: str) -> Path:
+    """Check an output path before any expensive work: right suffix, writable folder."""
+    out = Path(path)
+    if out.suffix.lower() not in suffixes:
+        raise ConfigError(f"{flag} {path!r}: expected a {' or '.join(suffixes)} file")
+    parent = out.parent if str(out.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise ConfigError(f"{flag} {path!r}: {parent} is not a directory")
+    if out.is_dir():
+        raise ConfigError(f"{flag} {path!r} is a directory; give a file name")
+    return out
+
+
+def _load_task(args: argparse.Namespace) -> Any:
+    from llmcal.tasks import load_task
+
+    kwargs: dict[str, Any] = {}
+    if getattr(args, "columns", None):
+        from llmcal.tasks import parse_mapping
+
+        kwargs["mapping"] = parse_mapping(args.columns)
+    if getattr(args, "split", None):
+        kwargs["split"] = args.split
+    task = load_task(args.task, data_dir=args.data_dir, **kwargs)
+    if args.subject:
+        task = task.filter(args.subject)
+        if not len(task):
+            raise ConfigError(f"task {args.task!r} has no questions of subject(s) {args.subject}")
+    return task
+
+
+def _print(*parts: Any) -> None:
+    print(*parts, flush=True)
+
+
+# -- commands -----------------------------------------------------------------------------------
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score a task with a model and save the Scores as Parquet."""
+    from llmcal.models import HFScorer
+    from llmcal.tasks import fewshot_split, get_template
+
+    out = _out_path(args.out, [".parquet"], "--out")
+    task = _load_task(args)
+    template = get_template(args.template)
+    shots: list[Any] = []
+    if args.shots:
+        if template.chat or args.mode != "letter":
+            raise ConfigError("--shots works with plain letter-mode templates (e.g. daca1)")
+        shots, task = fewshot_split(task, args.shots, seed=args.seed)
+        template = get_template(f"fewshot-{args.shots}")
+    task = task.subset(args.limit, seed=None if args.no_shuffle else args.seed)
+    scorer = HFScorer(
+        args.model,
+        adapter=args.adapter,
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        trust_remote_code=args.trust_remote_code,
+    )
+    kwargs: dict[str, Any] = {
+        "mode": args.mode,
+        "template": template,
+        "normalization": args.normalization,
+        "shots": shots,
+    }
+    start = time.perf_counter()
+    if args.permutations:
+        from llmcal.models.cape import score_cape
+
+        scores = score_cape(
+            scorer, task, permutations=args.permutations, cap=args.permutation_cap, **kwargs
+        )
+    else:
+        scores = scorer.score(task, **kwargs)
+    elapsed = time.perf_counter() - start
+    scores = scores.replace(meta={"seconds": round(elapsed, 3)})
+    scores.save(out)
+    line = f"scored {len(scores)} questions in {elapsed:.1f}s ({len(scores) / elapsed:.2f} q/s)"
+    if scores.has_labels:
+        line += f"; accuracy {scores.correct().mean():.4f}, mean confidence {scores.confidences().mean():.4f}"
+    _print(line)
+    _print(f"wrote {out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Print calibration metrics of a Scores file; optionally write JSON and a diagram."""
+    from llmcal.metrics import evaluate
+    from llmcal.report.tables import render, summary_table
+    from llmcal.scores import Scores
+
+    json_out = _out_path(args.json, [".json"], "--json") if args.json else None
+    plot_out = _out_path(args.plot, [".png"], "--plot") if args.plot else None
+    scores = Scores.load(args.scores)
+    result = evaluate(
+        scores,
+        n_bins=args.bins,
+        binning=args.binning,
+        ci=not args.no_ci,
+        n_resamples=args.resamples,
+        seed=args.seed,
+    )
+    meta = scores.meta
+    _print(
+        f"{args.scores}: model {meta.get('model', '?')} · task {meta.get('task', '?')} · "
+        f"mode {meta.get('mode', '?')} · template {meta.get('template', '?')}"
+    )
+    _print(summary_table({"value": result}))
+    subjects = result.get("subjects") or {}
+    if subjects and args.subjects:
+        rows = sorted(subjects.items(), key=lambda kv: -kv[1]["ece"])
+        _print()
+        _print(
+            render(
+                ["subject", "n", "accuracy", "confidence", "ECE"],
+                [
+                    [
+                        s,
+                        str(r["n"]),
+                        f"{r['accuracy']:.3f}",
+                        f"{r['mean_confidence']:.3f}",
+                        f"{r['ece']:.3f}",
+                    ]
+                    for s, r in rows
+                ],
+            )
+        )
+    if json_out:
+        payload = {"file": str(args.scores), "meta": meta, "metrics": result}
+        atomic_write_text(json_out, json.dumps(payload, indent=2) + "\n")
+        _print(f"wrote {json_out}")
+    if plot_out:
+        from llmcal.report.plots import save_reliability_png
+
+        name = str(meta.get("model", Path(args.scores).stem))
+        save_reliability_png(
+            {name: (scores.confidences(), scores.correct())},
+            plot_out,
+            n_bins=args.bins,
+            binning=args.binning,
+        )
+        _print(f"wrote {plot_out}")
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """Fit a calibrator on Scores and save it as a JSON artefact."""
+    from llmcal.calibrate import CALIBRATORS, DACA
+    from llmcal.scores import Scores
+
+    out = _out_path(args.out, [".json"], "--out")
+    if args.kind == "daca":
+        if args.scores or not (args.target and args.reference):
+            raise ConfigError(
+                "llmcal fit daca takes --target POLM.parquet --reference PLM.parquet (no positional file)"
+            )
+        cal: Any = DACA(scaler=args.scaler, mask=args.mask, parity=args.parity, align=args.align)
+        cal.fit(target=Scores.load(args.target), reference=Scores.load(args.reference))
+    else:
+        if not args.scores or args.target or args.reference:
+            raise ConfigError(
+                f"llmcal fit {args.kind} takes one labelled Scores file: llmcal fit {args.kind} "
+                "RUN.parquet --out cal.json (--target/--reference are for daca)"
+            )
+        options = {"n_bins": args.bins} if args.kind == "histogram" else {}
+        cal = CALIBRATORS[args.kind](**options).fit(Scores.load(args.scores))
+    cal.save(out)
+    params = cal.get_params()
+    shown = {k: v for k, v in params.items() if not isinstance(v, list) or len(v) <= 8}
+    info = cal.fit_info_ or {}
+    _print(f"fitted {args.kind} on {info.get('n_used', info.get('n'))} questions: {shown}")
+    _print(f"wrote {out}")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """Apply a saved calibrator to Scores and save the calibrated Scores."""
+    from llmcal.calibrate import load_calibrator
+    from llmcal.scores import Scores
+
+    out = _out_path(args.out, [".parquet"], "--out")
+    cal = load_calibrator(args.calibrator)
+    scores = Scores.load(args.scores)
+    calibrated = cal.transform(scores)
+    calibrated.save(out)
+    line = f"applied {cal.kind} to {len(scores)} questions"
+    if scores.has_labels:
+        line += (
+            f"; mean confidence {scores.confidences().mean():.4f} → "
+            f"{calibrated.confidences().mean():.4f} (accuracy {calibrated.correct().mean():.4f})"
+        )
+    _print(line)
+    _print(f"wrote {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Score both bundled models on the synthetic task and compare their calibration."""
+    from llmcal.demo import run_demo
+
+    run_demo(out_dir=Path(args.out_dir), n=args.n, seed=args.seed, batch_size=args.batch_size)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """List built-in tasks, templates and bundled models."""
+    from llmcal.models import BUNDLED
+    from llmcal.tasks import BUILTIN_TASKS, TEMPLATES
+
+    _print("tasks:")
+    for name, spec in BUILTIN_TASKS.items():
+        _print(f"  {name:16s} {getattr(spec, 'description', '')}".rstrip())
+    _print("  synthetic        generated arithmetic / comparison / ordering / unit questions")
+    _print("templates:")
+    for name, t in TEMPLATES.items():
+        kind = "chat" if t.chat else (f"{t.shots}-shot" if t.shots else "zero-shot")
+        _print(f"  {name:16s} {kind}: {t.instruction[:70]}")
+    _print("bundled models:")
+    for alias, m in BUNDLED.items():
+        _print(f"  {alias:22s} {m.role}: {m.description}")
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser for every subcommand."""
+    from llmcal.calibrate import CALIBRATORS
+    from llmcal.models.base import MODES, NORMALIZATIONS
+    from llmcal.tasks.templates import DEFAULT_TEMPLATE
+
+    parser = argparse.ArgumentParser(
+        prog="llmcal", description="Measure and repair the confidence calibration of LLMs."
+    )
+    parser.add_argument("--version", action="version", version=f"llmcal {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("score", help="score a task with a model → Scores (.parquet)")
+    p.add_argument(
+        "--model", required=True, help="bundled alias, .gguf file, model directory or hub id"
+    )
+    p.add_argument("--task", required=True, help="built-in task name, 'synthetic', or a data file")
+    p.add_argument(
+        "--data-dir", default=None, help="folder of canonical JSONL files (or LLMCAL_DATA_DIR)"
+    )
+    p.add_argument(
+        "--columns",
+        default=None,
+        help="column mapping for CSV/Parquet, e.g. question=q,choices=A|B|C|D,answer=label",
+    )
+    p.add_argument("--split", default=None, help="dataset split for hub datasets")
+    p.add_argument(
+        "--subject", action="append", default=None, help="keep only this subject (repeatable)"
+    )
+    p.add_argument("--mode", choices=MODES, default="letter")
+    p.add_argument(
+        "--normalization", choices=NORMALIZATIONS, default="mean", help="cloze length normalisation"
+    )
+    p.add_argument(
+        "--template", default=DEFAULT_TEMPLATE, help="prompt template (see `llmcal list`)"
+    )
+    p.add_argument(
+        "--shots", type=_positive_int, default=None, help="few-shot examples taken from the task"
+    )
+    p.add_argument("--limit", type=_positive_int, default=None, help="score at most N questions")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the shuffle before --limit and of --shots"
+    )
+    p.add_argument(
+        "--no-shuffle", action="store_true", help="with --limit, take the first N questions"
+    )
+    p.add_argument("--adapter", default=None, help="PEFT adapter directory")
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    p.add_argument(
+        "--trust-remote-code", action="store_true", help="allow custom model code from the hub"
+    )
+    p.add_argument(
+        "--permutations",
+        choices=["cyclic", "all"],
+        default=None,
+        help="CAPE: average over option orderings (letter mode)",
+    )
+    p.add_argument(
+        "--permutation-cap", type=_positive_int, default=24, help="at most N orderings with 'all'"
+    )
+    p.add_argument("--out", required=True, help="output Scores file (.parquet)")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("eval", help="calibration metrics of a Scores file")
+    p.add_argument("scores", help="Scores file (.parquet) from llmcal score")
+    p.add_argument("--bins", type=_positive_int, default=15)
+    p.add_argument("--binning", choices=["width", "mass"], default="width")
+    p.add_argument("--no-ci", action="store_true", help="skip the bootstrap confidence interval")
+    p.add_argument("--resamples", type=_positive_int, default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--subjects", action="store_true", help="also print the per-subject table")
+    p.add_argument("--json", default=None, help="write all metrics to this .json file")
+    p.add_argument("--plot", default=None, help="write a reliability diagram to this .png file")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("fit", help="fit a calibrator on Scores → calibrator (.json)")
+    p.add_argument("kind", choices=list(CALIBRATORS), help="calibrator kind")
+    p.add_argument("scores", nargs="?", default=None, help="labelled Scores file (not for daca)")
+    p.add_argument("--target", default=None, help="daca: Scores of the post-trained model")
+    p.add_argument("--reference", default=None, help="daca: Scores of the pre-trained reference")
+    p.add_argument("--scaler", choices=["temperature", "vector", "matrix"], default="temperature")
+    p.add_argument(
+        "--mask",
+        choices=["agree", "none", "disagree"],
+        default="agree",
+        help="daca: which questions to fit on",
+    )
+    p.add_argument(
+        "--parity",
+        action="store_true",
+        help="daca: the authors' Adam loop instead of the exact solver",
+    )
+    p.add_argument(
+        "--align",
+        choices=["exact", "inner"],
+        default="exact",
+        help="daca: require the same questions, or use the common ones",
+    )
+    p.add_argument("--bins", type=_positive_int, default=15, help="histogram: number of bins")
+    p.add_argument("--out", required=True, help="output calibrator file (.json)")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("apply", help="apply a calibrator to Scores → calibrated Scores")
+    p.add_argument("calibrator", help="calibrator file (.json) from llmcal fit")
+    p.add_argument("scores", help="Scores file (.parquet) to calibrate")
+    p.add_argument("--out", required=True, help="output Scores file (.parquet)")
+    p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("demo", help="score both bundled models on the synthetic task")
+    p.add_argument("--out-dir", default="llmcal-demo", help="where Scores and the diagram go")
+    p.add_argument("--n", type=_positive_int, default=300, help="number of synthetic questions")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("list", help="built-in tasks, templates and bundled models")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``llmcal`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "data_dir", None) is None and "LLMCAL_DATA_DIR" in os.environ:
+        args.data_dir = os.environ["LLMCAL_DATA_DIR"]
+    try:
+        return int(args.func(args))
+    except LLMCalError as exc:
+        print(f"llmcal: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("llmcal: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
