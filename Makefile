@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_VERBOSITY ?= error
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test lint typecheck check bench clean
+.PHONY: demo test lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,15 +32,13 @@ $(STAMP)-test: $(STAMP)-base
 demo: $(STAMP)-base
 	$(VENV)/bin/llmcal demo
 
-test: $(STAMP)-test
+test: lint
 	$(PY) -m pytest -q
 
 lint: $(STAMP)-test
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
-
-check: lint test
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist src/*.egg-info

@@ -8,7 +8,6 @@ palette, which stays distinguishable under the common colour-vision deficiencies
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from llmcal._io import atomic_write
 from llmcal.errors import ConfigError
 from llmcal.metrics.calibration import Binning, ReliabilityData, reliability_data
 
@@ -270,13 +270,5 @@ def save_reliability_png(
             )
         if title:
             fig.suptitle(title)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format="png", dpi=dpi)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
     return path

@@ -11,12 +11,12 @@ import csv
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from llmcal._io import atomic_write_text
 from llmcal.errors import ConfigError, DataError, LLMCalError
 from llmcal.tasks.types import LETTERS, Question, Task
 
@@ -62,18 +62,8 @@ def load_jsonl(path: str | os.PathLike[str], name: str | None = None) -> Task:
 
 def save_jsonl(task: Task, path: str | os.PathLike[str]) -> Path:
     """Write a Task as canonical JSONL atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for q in task:
-                f.write(json.dumps(q.to_dict(), ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    text = "".join(json.dumps(q.to_dict(), ensure_ascii=False) + "\n" for q in task)
+    return atomic_write_text(path, text)
 
 
 def _read_text(path: Path) -> str:
