@@ -1,0 +1,293 @@
+"""Post-hoc calibration on real tasks: supervised calibrators, CAPE and DACA (label-free).
+
+PoLM SmolLM2-135M-Instruct with reference (PLM) Gemma-3-270M, on seeded subsets of ARC-Easy,
+ARC-Challenge, OpenBookQA, BoolQ and MMLU, letter and cloze scoring, five seeded 30 % / 70 %
+calibration / test splits. Scores are cached in benchmarks/cache/ (shared with scoring.py), so
+re-running only the calibrator part takes seconds. Writes benchmarks/results/posthoc.{json,md}
+and posthoc_selective.png. Usage: python benchmarks/posthoc.py [--limit 1000] [--seeds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from common import RESULTS, cached_scores, md_table, write_results
+from llmcal.calibrate import (
+    DACA,
+    HistogramBinning,
+    IsotonicCalibration,
+    MatrixScaling,
+    TemperatureScaling,
+    VectorScaling,
+)
+from llmcal.errors import LLMCalError
+from llmcal.metrics import brier, ece, nll, selective_accuracy, top_label_brier
+from llmcal.models import ALIGNED_MODEL, BASE_MODEL
+from llmcal.scores import Scores
+
+TASKS = ("arc_easy", "arc_challenge", "openbook_qa", "boolq", "mmlu")
+MODES = ("letter", "cloze")
+NORMALIZATION = "sum"  # cloze: summed log-likelihood (lm-eval's "acc")
+THRESHOLDS = tuple(np.round(np.arange(0.30, 0.96, 0.05), 2).tolist())
+METHODS = (
+    "vanilla", "TS", "VS", "MS", "histogram", "isotonic", "CAPE",
+    "DACA", "DACA+VS", "DACA+MS", "naive", "disagree", "reference",
+)  # fmt: skip
+
+
+def metrics(s: Scores) -> dict[str, float]:
+    """The table's metrics of one calibrated test split."""
+    conf, correct = s.confidences(), s.correct()
+    return {
+        "accuracy": float(correct.mean()),
+        "confidence": float(conf.mean()),
+        "ece10": ece(conf, correct, n_bins=10),
+        "ece15": ece(conf, correct, n_bins=15),
+        "brier": brier(s.probs(), s.labels),
+        "tl_brier": top_label_brier(conf, correct),
+        "nll": nll(s.logits, s.labels, kind="logits"),
+    }
+
+
+def split(ids: list[str], seed: int) -> tuple[list[str], list[str]]:
+    """Seeded 30 % calibration / 70 % test split of ids."""
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_cal = round(0.3 * len(ids))
+    return [ids[i] for i in sorted(order[:n_cal])], [ids[i] for i in sorted(order[n_cal:])]
+
+
+def run_split(
+    polm: Scores, plm: Scores, cape: Scores | None, seed: int
+) -> tuple[dict[str, dict[str, float]], dict[str, Any], dict[str, list[float | None]]]:
+    """Every method on one calibration / test split."""
+    cal_ids, test_ids = split(polm.ids.tolist(), seed)
+    cal, test = polm.by_ids(cal_ids), polm.by_ids(test_ids)
+    unlabelled = cal.replace(labels=np.full(len(cal), -1))
+    ref_cal = plm.by_ids(cal_ids)
+    fitters: dict[str, Callable[[], Any]] = {
+        "TS": lambda: TemperatureScaling().fit(cal),
+        "VS": lambda: VectorScaling().fit(cal),
+        "MS": lambda: MatrixScaling(off_diag_l2=0.01, bias_l2=0.01).fit(cal),
+        "histogram": lambda: HistogramBinning(n_bins=10).fit(cal),
+        "isotonic": lambda: IsotonicCalibration().fit(cal),
+        "DACA": lambda: DACA().fit(unlabelled, ref_cal),
+        "DACA+VS": lambda: DACA(scaler="vector").fit(unlabelled, ref_cal),
+        "DACA+MS": lambda: DACA(scaler="matrix").fit(unlabelled, ref_cal),
+        "naive": lambda: DACA(mask="none").fit(unlabelled, ref_cal),
+        "disagree": lambda: DACA(mask="disagree").fit(unlabelled, ref_cal),
+    }
+    out = {"vanilla": metrics(test), "reference": metrics(plm.by_ids(test_ids))}
+    if cape is not None:
+        out["CAPE"] = metrics(cape.by_ids(test_ids))
+    fitted: dict[str, Any] = {}
+    selective: dict[str, list[float | None]] = {}
+    for name, fit in fitters.items():
+        try:
+            with warnings.catch_warnings(record=True):
+                warnings.simplefilter("always")
+                cal_obj = fit()
+        except LLMCalError as exc:  # e.g. no agreeing questions in a small split
+            fitted[name] = {"error": str(exc)}
+            continue
+        calibrated = cal_obj.transform(test)
+        out[name] = metrics(calibrated)
+        info = cal_obj.fit_info_ or {}
+        fitted[name] = {
+            "tau": getattr(cal_obj, "temperature", None)
+            if name in ("TS", "DACA", "naive", "disagree")
+            else None,
+            "n_used": info.get("n_used"),
+            "diverged": info.get("diverged"),
+        }
+        if name in ("TS", "DACA"):
+            selective[name] = sel_curve(calibrated)
+    selective["vanilla"] = sel_curve(test)
+    return out, fitted, selective
+
+
+def sel_curve(s: Scores) -> list[float | None]:
+    """Accuracy among questions with confidence ≥ each threshold (None where none remain)."""
+    conf, correct = s.confidences(), s.correct()
+    return [
+        selective_accuracy(conf, correct, threshold=t) if (conf >= t).any() else None
+        for t in THRESHOLDS
+    ]
+
+
+def mean_curves(per_seed: list[dict[str, list[float | None]]]) -> dict[str, list[float | None]]:
+    """Average each method's selective-accuracy curve over the splits that produced it."""
+    out: dict[str, list[float | None]] = {}
+    for name in sorted({n for s in per_seed for n in s}):
+        rows = np.array(
+            [[np.nan if v is None else v for v in s[name]] for s in per_seed if name in s]
+        )
+        counts = (~np.isnan(rows)).sum(axis=0)
+        sums = np.nansum(rows, axis=0)
+        out[name] = [float(t / c) if c else None for t, c in zip(sums, counts, strict=True)]
+    return out
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and (population) std over the seeds."""
+    return float(np.mean(values)), float(np.std(values))
+
+
+def main() -> None:
+    """Score (cached), calibrate on every split, aggregate, write results."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--limit", type=int, default=1000)
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--tasks", nargs="+", default=list(TASKS))
+    ap.add_argument("--modes", nargs="+", default=list(MODES))
+    ap.add_argument("--no-cape", action="store_true")
+    args = ap.parse_args()
+
+    results: list[dict[str, Any]] = []
+    curves: dict[str, Any] = {}
+    for task in args.tasks:
+        for mode in args.modes:
+            polm = cached_scores(ALIGNED_MODEL, task, mode, args.limit, normalization=NORMALIZATION)
+            plm = cached_scores(BASE_MODEL, task, mode, args.limit, normalization=NORMALIZATION)
+            cape = None
+            if mode == "letter" and not args.no_cape:
+                cape = cached_scores(ALIGNED_MODEL, task, mode, args.limit, permutations="cyclic")
+            per_seed = [run_split(polm, plm, cape, seed) for seed in range(args.seeds)]
+            row: dict[str, Any] = {"task": task, "mode": mode, "n": len(polm), "methods": {}}
+            for method in METHODS:
+                runs = [m[method] for m, _, _ in per_seed if method in m]
+                if not runs:
+                    continue
+                row["methods"][method] = {
+                    key: mean_std([r[key] for r in runs]) for key in runs[0]
+                } | {"splits": len(runs)}
+            row["fits"] = [f for _, f, _ in per_seed]
+            row["tau"] = {
+                name: mean_std(
+                    [f[name]["tau"] for _, f, _ in per_seed if f.get(name, {}).get("tau")]
+                )
+                for name in ("TS", "DACA", "naive", "disagree")
+                if any(f.get(name, {}).get("tau") for _, f, _ in per_seed)
+            }
+            row["agreement"] = float(np.mean(polm.predictions() == plm.predictions()))
+            results.append(row)
+            curves[f"{task}/{mode}"] = mean_curves([s for _, _, s in per_seed])
+            print(f"done {task}/{mode}", flush=True)
+
+    write_results(
+        "posthoc",
+        {
+            "limit": args.limit,
+            "seeds": args.seeds,
+            "polm": ALIGNED_MODEL,
+            "plm": BASE_MODEL,
+            "cloze_normalization": NORMALIZATION,
+            "thresholds": list(THRESHOLDS),
+            "results": results,
+            "selective_accuracy": curves,
+        },
+        render(results, args),
+    )
+    plot_selective(curves)
+
+
+def fmt(ms: tuple[float, float], scale: float = 1.0, digits: int = 2) -> str:
+    """``mean ± std``."""
+    return f"{ms[0] * scale:.{digits}f} ± {ms[1] * scale:.{digits}f}"
+
+
+def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    """The Markdown deliverable."""
+    md = [
+        "# Post-hoc calibration: SmolLM2-135M-Instruct (PoLM) with Gemma-3-270M as DACA's reference",
+        "",
+        f"Seeded subsets of at most {args.limit} questions per task (OpenBookQA has 500), template "
+        f"daca1; cloze = summed log-likelihood. {args.seeds} seeded 30 % / 70 % calibration / test "
+        "splits; mean ± std over splits. ECE in % (equal-width bins), Brier = multi-class "
+        "Σ(p−y)², NLL in nats. Supervised methods (TS, VS, MS, histogram, isotonic) use the "
+        "calibration labels; CAPE (cyclic option permutations, letter mode only) and DACA / naive / "
+        "disagree use none. `reference` is the base model's own calibration on the same test "
+        "questions. MS uses ODIR regularisation (λ = 0.01 off-diagonal and bias).",
+        "",
+    ]
+    header = ["method", "acc %", "conf %", "ECE10 %", "ECE15 %", "Brier", "NLL"]
+    for row in results:
+        md += [
+            f"## {row['task']} · {row['mode']} (n = {row['n']}, models agree on {row['agreement']:.0%})",
+            "",
+        ]
+        rows = []
+        for method, m in row["methods"].items():
+            rows.append(
+                [method, fmt(m["accuracy"], 100, 1), fmt(m["confidence"], 100, 1), fmt(m["ece10"], 100),
+                 fmt(m["ece15"], 100), fmt(m["brier"], 1, 3), fmt(m["nll"], 1, 3)]
+            )  # fmt: skip
+        md += [md_table(header, rows), ""]
+        taus = ", ".join(f"{k} {fmt(v, 1, 3)}" for k, v in row["tau"].items())
+        md += [f"Fitted τ: {taus}", ""]
+    md += ["## Fitted temperatures (paper's prediction: τ_disagree > τ_naive > τ_DACA)", ""]
+    trows = []
+    for row in results:
+        t = row["tau"]
+
+        def get(k: str, t: dict[str, Any] = t) -> str:
+            return fmt(t[k], 1, 3) if k in t else "n/a"
+
+        order = (
+            all(k in t for k in ("disagree", "naive", "DACA"))
+            and t["disagree"][0] > t["naive"][0] > t["DACA"][0]
+        )
+        trows.append(
+            [
+                row["task"],
+                row["mode"],
+                get("TS"),
+                get("DACA"),
+                get("naive"),
+                get("disagree"),
+                "yes" if order else "no",
+            ]
+        )
+    md += [
+        md_table(
+            ["task", "mode", "τ TS (labels)", "τ DACA", "τ naive", "τ disagree", "order holds"],
+            trows,
+        ),
+        "",
+    ]
+    md += ["Within-family pair (Gemma-3-270M base vs a LoRA letter-format fine-tune of it): not yet "
+           "available — it needs the fine-tuning issue.", ""]  # fmt: skip
+    return "\n".join(md)
+
+
+def plot_selective(curves: dict[str, Any]) -> None:
+    """Selective accuracy vs confidence threshold, one panel per task/mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    keys = list(curves)
+    fig = Figure(figsize=(3.2 * len(keys) / 2 + 1, 6.4), dpi=110)
+    cols = (len(keys) + 1) // 2
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(2, cols, i + 1)
+        for name, color in (("vanilla", "#0072B2"), ("DACA", "#009E73"), ("TS", "#CC79A7")):
+            if name in curves[key]:
+                ax.plot(THRESHOLDS, curves[key][name], marker="o", ms=3, label=name, color=color)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("confidence threshold", fontsize=8)
+        ax.set_ylabel("selective accuracy", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    fig.axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "posthoc_selective.png")
+
+
+if __name__ == "__main__":
+    main()
