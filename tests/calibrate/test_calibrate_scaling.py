@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -222,3 +224,25 @@ def test_bad_options_rejected() -> None:
         TemperatureScaling(tau_range=(2.0, 1.0))
     with pytest.raises(CalibrationError, match="≥ 0"):
         MatrixScaling(off_diag_l2=-1.0)
+
+
+def test_class_bias_maps_refuse_a_single_class() -> None:
+    from llmcal.calibrate import DACA, PlattScaling
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(30, 4))
+    one = Scores(ids=[f"q{i}" for i in range(30)], logits=z, labels=np.zeros(30, dtype=int))
+    for cal in (VectorScaling(), MatrixScaling()):
+        with pytest.raises(CalibrationError, match="all 30 calibration labels are option A"):
+            cal.fit(one)
+    with warnings.catch_warnings():  # random logits: τ may run to its bound, with a warning
+        warnings.simplefilter("ignore")
+        assert TemperatureScaling().fit(one).is_fitted  # no single-class error for one τ
+    binary = Scores(ids=one.ids, logits=z[:, :2], labels=np.ones(30, dtype=int))
+    with pytest.raises(CalibrationError, match="option B"):
+        PlattScaling().fit(binary)
+    ref = Scores(ids=one.ids, logits=z + np.array([9.0, 0, 0, 0]), labels=np.full(30, -1))
+    tgt = ref.replace(logits=2 * ref.logits)
+    with pytest.raises(CalibrationError, match="reference predictions are option A"):
+        DACA(scaler="vector").fit(tgt, ref)
+    assert DACA().fit(tgt, ref).temperature == pytest.approx(2.0, rel=1e-9)

@@ -64,6 +64,18 @@ def require_labelled_rows(scores: Scores, who: str) -> None:
     scores.require_labels(who)
 
 
+def require_two_classes(classes: npt.ArrayLike, who: str, what: str = "calibration labels") -> None:
+    """Class-bias maps (VS, MS, Platt) cannot be learned when every example has one class."""
+    values = np.unique(np.asarray(classes))
+    if values.size < 2:
+        only = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[int(values[0])] if values.size else "?"
+        raise CalibrationError(
+            f"{who}: all {np.asarray(classes).size} {what} are option {only}, so per-option "
+            "weights and biases are not identifiable (they run off to infinity); use temperature "
+            "scaling, or calibration data covering at least two options"
+        )
+
+
 def to_jsonable(obj: Any, where: str = "value") -> Any:
     """Plain JSON types from numpy scalars/arrays; non-finite floats become None."""
     if isinstance(obj, dict):

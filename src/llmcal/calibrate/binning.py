@@ -22,6 +22,7 @@ from llmcal.calibrate.base import (
     float_array,
     provenance,
     require_labelled_rows,
+    require_two_classes,
     warn,
 )
 from llmcal.errors import CalibrationError
@@ -223,6 +224,7 @@ class PlattScaling(Calibrator):
     def fit(self, scores: Scores) -> Self:
         """Logistic regression of the label on z₁ − z₀ by damped Newton (2 parameters)."""
         require_labelled_rows(scores, "PlattScaling.fit")
+        require_two_classes(scores.labels, "PlattScaling.fit")
         d = self._delta(scores)
         y = scores.labels.astype(np.float64)
         if self.smooth_targets:

@@ -42,7 +42,14 @@ from llmcal.calibrate._solvers import (
     identity_affine,
     split_affine,
 )
-from llmcal.calibrate.base import Calibrator, float_array, provenance, to_jsonable, warn
+from llmcal.calibrate.base import (
+    Calibrator,
+    float_array,
+    provenance,
+    require_two_classes,
+    to_jsonable,
+    warn,
+)
 from llmcal.calibrate.scaling import DEFAULT_TAU_RANGE, check_tau_range, diverged_message
 from llmcal.errors import CalibrationError, ScoresError
 from llmcal.scores import Scores, align, softmax
@@ -333,6 +340,9 @@ class DACA(Calibrator):
             )
         if self.scaler != "temperature":
             check_full_rows(zt, f"DACA(scaler={self.scaler!r})")
+            require_two_classes(
+                ref_pred[sel], f"DACA(scaler={self.scaler!r})", "reference predictions"
+            )
         info: dict[str, Any] = {
             "n": len(target),
             "n_reference": len(reference),

@@ -21,6 +21,7 @@ from llmcal.calibrate.base import (
     float_array,
     provenance,
     require_labelled_rows,
+    require_two_classes,
     warn,
 )
 from llmcal.errors import CalibrationError
@@ -153,6 +154,7 @@ class _AffineScaling(Calibrator):
         name = type(self).__name__
         require_labelled_rows(scores, f"{name}.fit")
         check_full_rows(scores.logits, name)
+        require_two_classes(scores.labels, f"{name}.fit")
         z = scores.logits
         k = z.shape[1]
         p = one_hot(scores.labels, k)
