@@ -43,7 +43,8 @@ def cached_scores(
 ) -> Scores:
     """Scores of ``model`` on a seeded subset of ``task``, computed once and cached as Parquet.
 
-    ``meta["seconds"]`` holds the scoring wall time of the run that produced the file.
+    ``meta["seconds"]`` holds the scoring wall time of the run that produced the file (None when
+    sliced from a larger cached run). Speed figures come from throughput.py, not from here.
     """
     from llmcal.tasks import load_task
 
@@ -68,6 +69,14 @@ def cached_scores(
     if path.is_file():
         return Scores.load(path)
     t = load_task(task, data_dir=DATA_DIR).subset(limit, seed=seed)
+    # subset(limit, seed) is a prefix of one seeded shuffle: a run with a larger limit holds
+    # exactly these questions, so slice it instead of scoring again
+    for other in sorted(
+        CACHE.glob(f"{tag.replace(f'-{limit}-{seed}', '-*-' + str(seed))}.parquet")
+    ):
+        bigger = Scores.load(other)
+        if set(t.ids) <= set(bigger.ids.tolist()):
+            return bigger.by_ids(t.ids).replace(meta={"seconds": None, "sliced_from": other.name})
     s = scorer(model) if adapter is None else _adapter_scorer(model, adapter)
     start = time.perf_counter()
     kwargs = {"mode": mode, "template": template, "normalization": normalization}

@@ -4,7 +4,7 @@ PoLM SmolLM2-135M-Instruct with reference (PLM) Gemma-3-270M, on seeded subsets 
 ARC-Challenge, OpenBookQA, BoolQ and MMLU, letter and cloze scoring, five seeded 30 % / 70 %
 calibration / test splits. Scores are cached in benchmarks/cache/ (shared with scoring.py), so
 re-running only the calibrator part takes seconds. Writes benchmarks/results/posthoc.{json,md}
-and posthoc_selective.png. Usage: python benchmarks/posthoc.py [--limit 1000] [--seeds 5]
+and posthoc_selective.png. Usage: python benchmarks/posthoc.py [--limit 500] [--seeds 5]
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def main() -> None:
     """Score (cached), calibrate on every split, aggregate, write results."""
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--limit", type=int, default=1000)
+    ap.add_argument("--limit", type=int, default=500)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--tasks", nargs="+", default=list(TASKS))
     ap.add_argument("--modes", nargs="+", default=list(MODES))

@@ -1,7 +1,7 @@
-"""Calibration of the two bundled models on real tasks, letter and cloze, and scoring speed.
+"""Calibration of the two bundled models on real tasks, letter and cloze.
 
 Writes benchmarks/results/scoring.{json,md}. Scores are cached in benchmarks/cache/ so the
-post-hoc benchmark reuses them. Usage: python benchmarks/scoring.py [--limit 1000]
+post-hoc benchmark reuses them. Usage: python benchmarks/scoring.py [--limit 500]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ TASKS = ("arc_easy", "openbook_qa", "mmlu")
 def main() -> None:
     """Score, evaluate, write the table."""
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--limit", type=int, default=1000)
+    ap.add_argument("--limit", type=int, default=500)
     ap.add_argument("--tasks", nargs="+", default=list(TASKS))
     ap.add_argument("--models", nargs="+", default=[ALIGNED_MODEL, BASE_MODEL])
     args = ap.parse_args()
@@ -43,8 +43,6 @@ def main() -> None:
                         "brier": r["brier"],
                         "nll": r["nll"],
                         "auroc": r["auroc"],
-                        "seconds": s.meta["seconds"],
-                        "questions_per_s": len(s) / s.meta["seconds"],
                     }
                 )
     rows = [
@@ -59,7 +57,6 @@ def main() -> None:
             f"{r['ece10']:.3f}",
             f"{r['brier']:.3f}",
             f"{r['auroc']:.3f}",
-            f"{r['questions_per_s']:.2f}",
         ]
         for r in runs
     ]
@@ -68,7 +65,7 @@ def main() -> None:
         f"Seeded subsets (seed 0, at most {args.limit} questions per task), template daca1, "
         "cloze = summed log-likelihood of the option text, batch size 8, float32 on CPU. ECE with 15 "
         "equal-width bins and its 95 % bootstrap CI (1000 resamples); ECE10 = 10 bins. "
-        "q/s = questions scored per second, model loading excluded.\n\n"
+        "Scoring speed: see throughput.md.\n\n"
     )
     md += md_table(
         [
@@ -82,7 +79,6 @@ def main() -> None:
             "ECE10",
             "Brier",
             "AUROC",
-            "q/s",
         ],
         rows,
     )
