@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_VERBOSITY ?= error
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean readme-figure
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ $(STAMP)-test: $(STAMP)-base
 
 demo: $(STAMP)-base
 	$(VENV)/bin/llmcal demo
+
+# The README's reliability diagram: the figure `llmcal demo` writes (scores both bundled models
+# on the CPU, about 2.5 minutes), copied to docs/.
+readme-figure: $(STAMP)-base
+	$(VENV)/bin/llmcal demo --out-dir build/readme-demo
+	mkdir -p docs
+	cp build/readme-demo/reliability.png docs/reliability_demo.png
 
 test: lint
 	$(PY) -m pytest -q

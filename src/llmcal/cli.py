@@ -1,4 +1,4 @@
-"""The ``llmcal`` command line: score, eval, fit, apply, demo and list.
+"""The ``llmcal`` command line: score, eval, fit, apply, report, demo and list.
 
 Every user error is an ``LLMCalError``: the CLI prints one line ``llmcal: error: …`` and exits 2,
 without a traceback. Outputs are written atomically, so a failed command leaves no half-written
@@ -230,6 +230,83 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_labels(text: str | None, count: int, n_files: int) -> list[str] | None:
+    """Display names from --labels: one per run, unique and non-empty."""
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",")]
+    if len(names) != count:
+        raise ConfigError(
+            f"--labels gives {len(names)} name(s) for {count} run(s) ({n_files} Scores file(s) "
+            f"+ {count - n_files} calibrator(s)); give one comma-separated name per run, the "
+            "Scores files first, then the calibrated runs"
+        )
+    if not all(names):
+        raise ConfigError(f"--labels {text!r}: every name must be non-empty")
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:
+        raise ConfigError(f"--labels {text!r}: names must be unique; {dup!r} appears twice")
+    return names
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write a calibration report (HTML, JSON or Markdown) of one or more Scores files."""
+    from llmcal.calibrate import load_calibrator
+    from llmcal.report.data import FORMATS, ReportRun, build_report, format_for_path
+    from llmcal.scores import Scores
+
+    fmt = args.format
+    if fmt is None:
+        try:
+            fmt = format_for_path(args.out)
+        except ConfigError as exc:
+            raise ConfigError(f"--out {args.out!r}: {exc}; or give --format") from None
+    out = _out_path(args.out, FORMATS[fmt], "--out")
+    calibrators = args.calibrator or []
+    labels = _report_labels(args.labels, len(args.runs) + len(calibrators), len(args.runs))
+    runs: list[ReportRun] = []
+    for i, path in enumerate(args.runs):
+        scores = Scores.load(path)
+        name = labels[i] if labels else Path(path).stem
+        taken = {r.name for r in runs}
+        if not labels and name in taken:
+            name = next(
+                f"{name} ({k})" for k in range(2, len(runs) + 3) if f"{name} ({k})" not in taken
+            )
+        runs.append(ReportRun(name=name, scores=scores, file=str(path)))
+    source = runs[-1]
+    for j, path in enumerate(calibrators):
+        cal = load_calibrator(path)
+        try:
+            calibrated = cal.transform(source.scores)
+        except LLMCalError as exc:
+            raise type(exc)(f"{path}: cannot apply it to {source.file}: {exc}") from None
+        name = labels[len(args.runs) + j] if labels else f"{source.name} + {Path(path).stem}"
+        runs.append(
+            ReportRun(
+                name=name,
+                scores=calibrated,
+                file=source.file,
+                calibrator_file=str(path),
+                calibrated_from=source.name,
+            )
+        )
+    report = build_report(
+        runs,
+        n_bins=args.bins,
+        binning=args.binning,
+        n_resamples=args.resamples,
+        seed=args.seed,
+        tolerance=args.tolerance,
+        title=args.title,
+    )
+    report.save(out, fmt)
+    compared = sum("skipped" not in d for d in report.data["drift"])
+    _print(f"report of {len(runs)} run(s), {compared} drift comparison(s)")
+    _print(f"wrote {out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Score both bundled models on the synthetic task and compare their calibration."""
     from llmcal.demo import run_demo
@@ -367,6 +444,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scores", help="Scores file (.parquet) to calibrate")
     p.add_argument("--out", required=True, help="output Scores file (.parquet)")
     p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser(
+        "report",
+        help="calibration report of Scores files → HTML, JSON or Markdown",
+        description="Summary metrics with CIs, reliability diagrams, selective accuracy, "
+        "per-subject tables, drift between runs and provenance, in one file. Each "
+        "--calibrator is applied to the last RUN and added as a further run; drift compares "
+        "each RUN with the one before it and each calibrated run with the RUN it came from.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="labelled Scores files (.parquet)")
+    p.add_argument(
+        "--calibrator",
+        action="append",
+        default=None,
+        metavar="CAL.json",
+        help="apply this calibrator to the last RUN and add the result as a run (repeatable)",
+    )
+    p.add_argument(
+        "--labels",
+        default=None,
+        help="comma-separated display names, one per run: the RUN files, then the calibrated runs",
+    )
+    p.add_argument(
+        "--format",
+        choices=["html", "json", "md"],
+        default=None,
+        help="output format (default: from the --out suffix)",
+    )
+    p.add_argument("--title", default="Calibration report", help="report title")
+    p.add_argument("--bins", type=_positive_int, default=15)
+    p.add_argument("--binning", choices=["width", "mass"], default="width")
+    p.add_argument("--resamples", type=_positive_int, default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.01,
+        help="drift: confidence changes up to this count as unchanged",
+    )
+    p.add_argument("--out", required=True, help="output file (.html, .json or .md)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="score both bundled models on the synthetic task")
     p.add_argument("--out-dir", default="llmcal-demo", help="where Scores and the diagram go")

@@ -1,4 +1,4 @@
-"""Reliability diagrams (matplotlib, imported only when a plot is drawn).
+"""Reliability diagrams, overlays, selective-accuracy and confidence-shift plots (matplotlib, lazily).
 
 Figures are built as ``matplotlib.figure.Figure`` objects, never through pyplot, so no global
 backend or figure state is touched; PNGs are rendered by Agg. Colours come from the Okabe–Ito
@@ -28,9 +28,18 @@ __all__ = [
     "DEFAULT_DPI",
     "OKABE_ITO",
     "RUN_COLORS",
+    "confidence_shift_plot",
+    "figure_png",
+    "grid_shape",
     "reliability_diagram",
     "reliability_figure",
+    "reliability_overlay",
+    "reliability_panels",
+    "run_color",
+    "run_style",
+    "save_figure_png",
     "save_reliability_png",
+    "selective_accuracy_plot",
 ]
 
 #: The Okabe–Ito colour-blind-safe palette.
@@ -50,6 +59,8 @@ RUN_COLORS = tuple(
 )
 GAP_COLOR = OKABE_ITO["vermillion"]
 _INK = "#333333"
+_MARKERS = ("o", "s", "^", "D", "v", "P")
+_LINESTYLES = ("-", "--", "-.", ":")
 
 #: Size in inches of one run's column (diagram + histogram) in a saved figure.
 COLUMN_SIZE = (4.0, 5.0)
@@ -200,36 +211,105 @@ def _draw_histogram(ax: Axes, data: ReliabilityData, color: str) -> None:
         alpha=0.85,
         zorder=2,
     )
-    ax.axvline(mean_conf, color=_INK, linewidth=1.2, label=f"Avg. confidence {mean_conf:.2f}")
-    ax.axvline(acc, color=GAP_COLOR, linewidth=1.2, linestyle="--", label=f"Accuracy {acc:.2f}")
+    # the marker lines stop just above the bars, leaving a band on top for the legend
+    top = float(np.max(data.proportion)) * 1.08
+    ax.vlines(
+        mean_conf, 0.0, top, color=_INK, linewidth=1.2, label=f"Avg. confidence {mean_conf:.2f}"
+    )
+    ax.vlines(
+        acc, 0.0, top, color=GAP_COLOR, linewidth=1.2, linestyle="--", label=f"Accuracy {acc:.2f}"
+    )
     ax.set_xlim(0.0, 1.0)
+    # histogram axes may share y: only ever raise the limit, never clip another panel's bars
+    ax.set_ylim(0.0, max(ax.get_ylim()[1], top * 1.5))
     ax.set_xlabel("Confidence")
     ax.set_ylabel("Share")
     ax.grid(True, axis="y", color="#e5e5e5", linewidth=0.6, zorder=0)
-    ax.legend(loc="upper left", frameon=False, fontsize=7)
+    ax.legend(loc="upper left", ncols=2, frameon=False, fontsize=7, handlelength=1.6)
 
 
-def reliability_figure(n_columns: int, dpi: int = DEFAULT_DPI, with_hist: bool = True) -> Figure:
-    """An empty figure with, per column, a diagram axes above a histogram axes.
+def grid_shape(n_panels: int, max_columns: int = 3) -> tuple[int, int]:
+    """``(rows, columns)`` of a balanced grid of ``n_panels`` with at most ``max_columns``."""
+    if n_panels < 1 or max_columns < 1:
+        raise ConfigError(f"need at least one panel and one column, got {n_panels}, {max_columns}")
+    rows = -(-n_panels // max_columns)
+    return rows, -(-n_panels // rows)
 
-    ``fig.axes`` holds diagram, histogram for column 0, then for column 1, …; without
-    histograms only the diagrams (and the figure is 3/4 as tall).
+
+def reliability_figure(
+    n_columns: int,
+    dpi: int = DEFAULT_DPI,
+    with_hist: bool = True,
+    n_rows: int = 1,
+    n_panels: int | None = None,
+) -> Figure:
+    """An empty figure with, per panel, a diagram axes above a histogram axes.
+
+    Panels fill an ``n_rows × n_columns`` grid row by row (``n_panels`` of them, all by
+    default). ``fig.axes`` holds diagram, histogram for panel 0, then for panel 1, …; without
+    histograms only the diagrams (and each row is 3/4 as tall).
     """
     import matplotlib as mpl
     from matplotlib.figure import Figure
 
-    height = COLUMN_SIZE[1] if with_hist else COLUMN_SIZE[1] * 0.75
+    count = n_rows * n_columns if n_panels is None else n_panels
+    if not 1 <= count <= n_rows * n_columns:
+        raise ConfigError(f"{count} panels do not fit a {n_rows} × {n_columns} grid")
+    row_height = COLUMN_SIZE[1] if with_hist else COLUMN_SIZE[1] * 0.75
     with mpl.rc_context(_STYLE):
-        fig = Figure(figsize=(COLUMN_SIZE[0] * n_columns, height), dpi=dpi, layout="constrained")
+        fig = Figure(
+            figsize=(COLUMN_SIZE[0] * n_columns, row_height * n_rows),
+            dpi=dpi,
+            layout="constrained",
+        )
         if not with_hist:
-            fig.subplots(1, n_columns, squeeze=False)
+            grid = fig.add_gridspec(n_rows, n_columns)
+            for i in range(count):
+                fig.add_subplot(grid[i // n_columns, i % n_columns])
             return fig
-        grid = fig.add_gridspec(2, n_columns, height_ratios=(3.0, 1.0))
+        grid = fig.add_gridspec(2 * n_rows, n_columns, height_ratios=(3.0, 1.0) * n_rows)
         first_hist = None
-        for col in range(n_columns):
-            top = fig.add_subplot(grid[0, col])
-            hist = fig.add_subplot(grid[1, col], sharex=top, sharey=first_hist)
+        for i in range(count):
+            row, col = divmod(i, n_columns)
+            top = fig.add_subplot(grid[2 * row, col])
+            hist = fig.add_subplot(grid[2 * row + 1, col], sharex=top, sharey=first_hist)
             first_hist = first_hist or hist
+    return fig
+
+
+def reliability_panels(
+    runs: Mapping[str, tuple[npt.ArrayLike, npt.ArrayLike]],
+    n_bins: int = 15,
+    binning: Binning = "width",
+    title: str | None = None,
+    dpi: int = DEFAULT_DPI,
+    max_columns: int = 3,
+) -> Figure:
+    """One reliability diagram with its confidence histogram per run, in a grid of panels.
+
+    ``runs`` maps a label to ``(confidence, correct)``; panels fill rows of at most
+    ``max_columns`` (4 runs make a 2 × 2 grid), each ``COLUMN_SIZE`` inches.
+    """
+    import matplotlib as mpl
+
+    if not runs:
+        raise ConfigError("a reliability figure needs at least one run")
+    rows, cols = grid_shape(len(runs), max_columns)
+    fig = reliability_figure(cols, dpi=dpi, n_rows=rows, n_panels=len(runs))
+    with mpl.rc_context(_STYLE):
+        for i, (name, (conf, corr)) in enumerate(runs.items()):
+            reliability_diagram(
+                conf,
+                corr,
+                n_bins,
+                binning,
+                ax=fig.axes[2 * i],
+                title=name,
+                color=run_color(i),
+                hist_ax=fig.axes[2 * i + 1],
+            )
+        if title:
+            fig.suptitle(title)
     return fig
 
 
@@ -240,14 +320,14 @@ def save_reliability_png(
     binning: Binning = "width",
     title: str | None = None,
     dpi: int = DEFAULT_DPI,
+    max_columns: int = 3,
 ) -> Path:
-    """Write one reliability-diagram column per run, side by side, to a PNG (atomically).
+    """Write one reliability-diagram panel per run to a PNG (atomically); see reliability_panels.
 
-    ``runs`` maps a label (e.g. ``"aligned"``, ``"base"``) to ``(confidence, correct)``. The
-    image is ``COLUMN_SIZE[0] * len(runs) × COLUMN_SIZE[1]`` inches at ``dpi``.
+    ``runs`` maps a label (e.g. ``"aligned"``, ``"base"``) to ``(confidence, correct)``. Up to
+    ``max_columns`` runs sit side by side (``COLUMN_SIZE[0] * len(runs) × COLUMN_SIZE[1]``
+    inches at ``dpi``); more wrap into a balanced grid.
     """
-    import matplotlib as mpl
-
     if not runs:
         raise ConfigError("save_reliability_png needs at least one run")
     path = Path(path)
@@ -255,20 +335,218 @@ def save_reliability_png(
         raise ConfigError(
             f"reliability plots are written as PNG; use a .png path, not {path.name!r}"
         )
-    fig = reliability_figure(len(runs), dpi=dpi)
+    fig = reliability_panels(runs, n_bins, binning, title=title, dpi=dpi, max_columns=max_columns)
+    return save_figure_png(fig, path, dpi=dpi)
+
+
+def save_figure_png(fig: Figure, path: str | os.PathLike[str], dpi: int = DEFAULT_DPI) -> Path:
+    """Write a figure to a PNG file atomically."""
+    data = figure_png(fig, dpi=dpi)
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def figure_png(fig: Figure, dpi: int = DEFAULT_DPI) -> bytes:
+    """The figure as PNG bytes (no software tag, so equal figures give equal bytes)."""
+    import io
+
+    import matplotlib as mpl
+
+    buf = io.BytesIO()
     with mpl.rc_context(_STYLE):
-        for col, (name, (conf, corr)) in enumerate(runs.items()):
-            reliability_diagram(
-                conf,
-                corr,
-                n_bins,
-                binning,
-                ax=fig.axes[2 * col],
-                title=name,
-                color=RUN_COLORS[col % len(RUN_COLORS)],
-                hist_ax=fig.axes[2 * col + 1],
+        fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def run_color(i: int) -> str:
+    """The colour of the i-th run in every comparison plot."""
+    return RUN_COLORS[i % len(RUN_COLORS)]
+
+
+def run_style(i: int) -> dict[str, Any]:
+    """Colour, marker and line style of the i-th run: runs stay apart without colour too."""
+    return {
+        "color": run_color(i),
+        "marker": _MARKERS[i % len(_MARKERS)],
+        "linestyle": _LINESTYLES[i % len(_LINESTYLES)],
+    }
+
+
+def _diagonal(ax: Axes, label: str | None = "Perfect calibration") -> None:
+    ax.plot([0, 1], [0, 1], linestyle="--", color=_INK, linewidth=1.0, label=label, zorder=1)
+
+
+def reliability_overlay(
+    runs: Mapping[str, tuple[npt.ArrayLike, npt.ArrayLike]],
+    n_bins: int = 15,
+    binning: Binning = "width",
+    ax: Axes | None = None,
+    hist_ax: Axes | None = None,
+    title: str | None = None,
+) -> tuple[Axes, Axes | None]:
+    """All runs on one reliability diagram: per-bin accuracy against mean confidence.
+
+    Marker area grows with the share of questions in the bin; with ``ax=None`` a new figure
+    is made with the confidence histograms (as outlines) below. Returns ``(axes, hist_axes)``.
+    """
+    import matplotlib as mpl
+
+    if not runs:
+        raise ConfigError("a reliability overlay needs at least one run")
+    data = {name: reliability_data(c, y, n_bins, binning) for name, (c, y) in runs.items()}
+    with mpl.rc_context(_STYLE):
+        if ax is None:
+            fig = reliability_figure(1)
+            fig.set_size_inches(COLUMN_SIZE[0] * 1.5, COLUMN_SIZE[1] * 1.2)
+            ax, hist_ax = fig.axes[0], fig.axes[1]
+        ax.grid(True, color="#e5e5e5", linewidth=0.6, zorder=0)
+        _diagonal(ax)
+        for i, (name, d) in enumerate(data.items()):
+            style = run_style(i)
+            full = d.count > 0
+            ece = d.ece()
+            ax.plot(
+                d.confidence[full],
+                d.accuracy[full],
+                color=style["color"],
+                linestyle=style["linestyle"],
+                linewidth=1.6,
+                zorder=3,
+                label=f"{name} (ECE {ece:.3f})",
             )
+            ax.scatter(
+                d.confidence[full],
+                d.accuracy[full],
+                s=12.0 + 250.0 * d.proportion[full],
+                color=style["color"],
+                marker=style["marker"],
+                edgecolors="white",
+                linewidths=0.6,
+                zorder=4,
+            )
+        ax.set_xlim(0.0, 1.0)
+        ax.set_ylim(0.0, 1.0)
+        ax.set_ylabel("Accuracy")
+        ax.legend(loc="upper left", frameon=False)
         if title:
-            fig.suptitle(title)
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
-    return path
+            ax.set_title(title)
+        if hist_ax is None:
+            ax.set_xlabel("Confidence")
+            return ax, None
+        ax.tick_params(labelbottom=False)
+        for i, (c, y) in enumerate(runs.values()):
+            # histograms always use equal-width bins: they show where the confidences lie
+            h = reliability_data(c, y, n_bins) if binning != "width" else data[list(runs)[i]]
+            style = run_style(i)
+            hist_ax.stairs(
+                h.proportion,
+                h.edges,
+                color=style["color"],
+                linestyle=style["linestyle"],
+                linewidth=1.4,
+                zorder=2,
+            )
+        hist_ax.set_xlim(0.0, 1.0)
+        hist_ax.set_xlabel("Confidence")
+        hist_ax.set_ylabel("Share")
+        hist_ax.grid(True, axis="y", color="#e5e5e5", linewidth=0.6, zorder=0)
+    return ax, hist_ax
+
+
+def selective_accuracy_plot(
+    runs: Mapping[str, tuple[npt.ArrayLike, npt.ArrayLike]],
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Axes:
+    """Selective accuracy against coverage (1 − the risk–coverage curve), one line per run.
+
+    Answering only the most confident questions should raise accuracy: a curve that falls
+    to the left means confidence does not rank right above wrong answers.
+    """
+    import matplotlib as mpl
+    from matplotlib.figure import Figure
+
+    from llmcal.metrics.selective import aurc, risk_coverage_curve
+
+    if not runs:
+        raise ConfigError("a selective-accuracy plot needs at least one run")
+    with mpl.rc_context(_STYLE):
+        if ax is None:
+            fig = Figure(figsize=(COLUMN_SIZE[0] * 1.5, COLUMN_SIZE[1] * 0.8), layout="constrained")
+            ax = fig.add_subplot()
+        ax.grid(True, color="#e5e5e5", linewidth=0.6, zorder=0)
+        for i, (name, (conf, corr)) in enumerate(runs.items()):
+            coverage, risk, _ = risk_coverage_curve(conf, corr)
+            style = run_style(i)
+            ax.step(
+                np.concatenate(([0.0], coverage)),
+                np.concatenate(([1.0 - risk[0]], 1.0 - risk)),
+                where="pre",
+                color=style["color"],
+                linestyle=style["linestyle"],
+                linewidth=1.6,
+                label=f"{name} (AURC {aurc(conf, corr):.3f})",
+                zorder=3,
+            )
+        ax.set_xlim(0.0, 1.0)
+        ax.set_ylim(0.0, 1.02)
+        ax.set_xlabel("Coverage (share of questions answered, most confident first)")
+        ax.set_ylabel("Selective accuracy")
+        ax.legend(loc="lower left", frameon=False)
+        if title:
+            ax.set_title(title)
+    return ax
+
+
+def confidence_shift_plot(
+    conf_from: npt.ArrayLike,
+    conf_to: npt.ArrayLike,
+    correct_to: npt.ArrayLike,
+    tolerance: float = 0.01,
+    ax: Axes | None = None,
+    title: str | None = None,
+    labels: tuple[str, str] = ("before", "after"),
+) -> Axes:
+    """Per-question top-label confidence in two runs (same questions, same order).
+
+    Points above the band (|Δ| > ``tolerance``) moved up in confidence, below it down; filled
+    circles are answered correctly in the second run, crosses wrongly.
+    """
+    import matplotlib as mpl
+    from matplotlib.figure import Figure
+
+    a = np.asarray(conf_from, dtype=np.float64)
+    b = np.asarray(conf_to, dtype=np.float64)
+    right = np.asarray(correct_to, dtype=bool)
+    if a.shape != b.shape or a.shape != right.shape or a.ndim != 1:
+        raise ConfigError(
+            f"confidence_shift_plot needs three equal-length 1-D arrays, got shapes "
+            f"{a.shape}, {b.shape}, {right.shape}"
+        )
+    with mpl.rc_context(_STYLE):
+        if ax is None:
+            fig = Figure(figsize=(COLUMN_SIZE[0], COLUMN_SIZE[0]), layout="constrained")
+            ax = fig.add_subplot()
+        ax.grid(True, color="#e5e5e5", linewidth=0.6, zorder=0)
+        ax.fill_between(
+            [0, 1], [-tolerance, 1 - tolerance], [tolerance, 1 + tolerance], color="#dddddd",
+            zorder=1, linewidth=0,
+        )  # fmt: skip
+        _diagonal(ax, label=None)
+        size = float(np.clip(3000.0 / max(a.shape[0], 1), 4.0, 30.0))
+        ax.scatter(
+            a[right], b[right], s=size, color=OKABE_ITO["blue"], alpha=0.6, linewidths=0,
+            label=f"right in {labels[1]}", zorder=3,
+        )  # fmt: skip
+        ax.scatter(
+            a[~right], b[~right], s=size, color=GAP_COLOR, marker="x", alpha=0.7,
+            linewidths=0.9, label=f"wrong in {labels[1]}", zorder=3,
+        )  # fmt: skip
+        ax.set_xlim(0.0, 1.0)
+        ax.set_ylim(0.0, 1.0)
+        ax.set_aspect("equal")
+        ax.set_xlabel(f"Confidence: {labels[0]}")
+        ax.set_ylabel(f"Confidence: {labels[1]}")
+        ax.legend(loc="upper left", frameon=False)
+        if title:
+            ax.set_title(title)
+    return ax

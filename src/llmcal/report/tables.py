@@ -1,4 +1,4 @@
-"""Plain-text tables of evaluation results for the terminal."""
+"""Tables of evaluation results: plain text for the terminal, and the cells the reports share."""
 
 from __future__ import annotations
 
@@ -17,6 +17,39 @@ SUMMARY_ROWS: tuple[tuple[str, str, str], ...] = (
     ("nll", "NLL", "{:.4f}"),
     ("auroc", "AUROC", "{:.4f}"),
 )
+
+
+_SPECS = {key: spec for key, _, spec in SUMMARY_ROWS}
+
+#: (key in evaluate()'s dict, header, format) of the per-run summary in reports; the formats
+#: are those of SUMMARY_ROWS, so a report shows the numbers ``llmcal eval`` prints.
+REPORT_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("n", "n", _SPECS["n"]),
+    ("accuracy", "Accuracy", _SPECS["accuracy"]),
+    ("ece", "ECE [95% CI]", _SPECS["ece"]),
+    ("mce", "MCE", _SPECS["mce"]),
+    ("smooth_ece", "Smooth ECE", _SPECS["smooth_ece"]),
+    ("brier", "Brier", _SPECS["brier"]),
+    ("nll", "NLL", _SPECS["nll"]),
+    ("auroc", "AUROC", _SPECS["auroc"]),
+    ("mean_confidence", "Mean confidence", _SPECS["mean_confidence"]),
+    ("overconfidence", "Gap (conf − acc)", "{:+.4f}"),
+)
+
+
+def gap_text(gap: float | None) -> str:
+    """Mean confidence − accuracy, signed, with which way the model is off."""
+    if gap is None or gap != gap:
+        return "n/a"
+    side = "over" if gap > 0 else "under" if gap < 0 else ""
+    return f"{gap:+.4f} {side}".rstrip()
+
+
+def report_cell(result: Mapping[str, Any], key: str, spec: str) -> str:
+    """One summary cell of a report, formatted as ``llmcal eval`` prints it."""
+    if key == "overconfidence":
+        return gap_text(result.get(key))
+    return format_cell(result, key, spec)
 
 
 def _fmt(value: Any, spec: str) -> str:
