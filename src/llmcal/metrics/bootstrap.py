@@ -114,13 +114,19 @@ def bootstrap_distribution(
     return _generic(func, data, kwargs, rng, n_resamples)
 
 
-def _check_request(metric: Callable[..., float], n_resamples: Any, kwargs: dict[str, Any]) -> int:
+def check_resamples(n_resamples: Any) -> int:
+    """``n_resamples`` as a positive int, or a ConfigError."""
     try:
         count = operator.index(n_resamples)
     except TypeError:
         count = 0
     if isinstance(n_resamples, bool) or count < 1:
         raise ConfigError(f"n_resamples must be a positive integer, got {n_resamples!r}")
+    return count
+
+
+def _check_request(metric: Callable[..., float], n_resamples: Any, kwargs: dict[str, Any]) -> int:
+    count = check_resamples(n_resamples)
     if "weights" in _unwrap(metric, kwargs)[1]:
         raise ConfigError("bootstrap_ci resamples rows itself; do not pass weights=")
     return count

@@ -21,7 +21,6 @@ computing :func:`llmcal.metrics.ece` on the resampled rows.
 from __future__ import annotations
 
 import math
-import operator
 from typing import Any
 
 import numpy as np
@@ -30,7 +29,7 @@ import numpy.typing as npt
 from llmcal.errors import ConfigError, DataError
 from llmcal.metrics import calibration as cal
 from llmcal.metrics._validate import FloatArray, check_binning, check_n_bins, top_label
-from llmcal.metrics.bootstrap import CHUNK_ELEMENTS, mass_bin_sums
+from llmcal.metrics.bootstrap import CHUNK_ELEMENTS, check_resamples, mass_bin_sums
 from llmcal.scores import Scores, align
 
 __all__ = [
@@ -69,16 +68,6 @@ class _Run:
         return np.asarray(np.abs(sums).sum(axis=1) / self.n, dtype=np.float64)
 
 
-def _check_resamples(n_resamples: Any) -> int:
-    try:
-        count = operator.index(n_resamples)
-    except TypeError:
-        count = 0
-    if isinstance(n_resamples, bool) or count < 1:
-        raise ConfigError(f"n_resamples must be a positive integer, got {n_resamples!r}")
-    return count
-
-
 def paired_ece_bootstrap(
     conf_from: npt.ArrayLike,
     correct_from: npt.ArrayLike,
@@ -92,7 +81,7 @@ def paired_ece_bootstrap(
     """ECE of two runs on the same bootstrap resamples of the rows: ``(ece_from*, ece_to*)``."""
     b = check_n_bins(n_bins)
     check_binning(binning)
-    count = _check_resamples(n_resamples)
+    count = check_resamples(n_resamples)
     ca, ya, _ = top_label(conf_from, correct_from)
     cb, yb, _ = top_label(conf_to, correct_to)
     n = ca.shape[0]
