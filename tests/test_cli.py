@@ -10,22 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cli_helpers import assert_user_error, run
 from llmcal.cli import main
 from llmcal.scores import Scores
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_user_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 2
-    assert err.startswith("llmcal: error: ")
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
-    for f in fragments:
-        assert f in err, err
 
 
 @pytest.fixture(scope="module")

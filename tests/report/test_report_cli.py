@@ -10,26 +10,12 @@ import numpy as np
 import pytest
 from synthetic_runs import make_scores, perturbed
 
+from cli_helpers import assert_user_error, run
 from llmcal.calibrate import TemperatureScaling, VectorScaling
-from llmcal.cli import main
 from llmcal.metrics import evaluate
 from llmcal.report.tables import SUMMARY_ROWS, report_cell
 
 FAST = ("--resamples", "100")
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_user_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 2
-    assert err.startswith("llmcal: error: ")
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
-    for f in fragments:
-        assert f in err, err
 
 
 @pytest.fixture
