@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from llmcal.report.tables import REPORT_COLUMNS, report_cell
+from llmcal.report.tables import format_p as _p
+from llmcal.report.tables import format_value as _f
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure, SubFigure
@@ -174,18 +176,6 @@ def _run_cell(name: str, index: int) -> str:
         f'<td class="text" data-run="{_e(name)}"><span class="swatch" '
         f'style="background:{run_color(index)}"></span>{_e(name)}</td>'
     )
-
-
-def _f(value: Any, spec: str = "{:.4f}") -> str:
-    if value is None or (isinstance(value, float) and value != value):
-        return "n/a"
-    return spec.format(value)
-
-
-def _p(value: Any, n_resamples: int) -> str:
-    if value is None or value != value:
-        return "n/a"
-    return f"< {1 / n_resamples:.3g}" if value == 0 else f"{value:.3f}"
 
 
 # -- sections -----------------------------------------------------------------------------------

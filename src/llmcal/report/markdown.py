@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from llmcal.report.tables import REPORT_COLUMNS, report_cell
+from llmcal.report.tables import format_p as _p
+from llmcal.report.tables import format_value as _f
 
 __all__ = ["render_markdown"]
 
@@ -20,18 +22,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str) -> 
     lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "|".join(rule) + "|"]
     lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
     return lines
-
-
-def _f(value: Any, spec: str = "{:.4f}") -> str:
-    if value is None or (isinstance(value, float) and value != value):
-        return "n/a"
-    return spec.format(value)
-
-
-def _p(value: Any, n_resamples: int) -> str:
-    if value is None or value != value:
-        return "n/a"
-    return f"< {1 / n_resamples:.3g}" if value == 0 else f"{value:.3f}"
 
 
 def _summary(data: Mapping[str, Any]) -> list[str]:

@@ -52,17 +52,23 @@ def report_cell(result: Mapping[str, Any], key: str, spec: str) -> str:
     return format_cell(result, key, spec)
 
 
-def _fmt(value: Any, spec: str) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float) and value != value:  # NaN
+def format_value(value: Any, spec: str = "{:.4f}") -> str:
+    """``spec.format(value)``, or ``n/a`` for a missing or NaN value."""
+    if value is None or (isinstance(value, float) and value != value):
         return "n/a"
     return spec.format(value)
 
 
+def format_p(value: Any, n_resamples: int) -> str:
+    """A bootstrap p-value; 0 (no replicate crossed) is shown as ``< 1/R``."""
+    if value is None or value != value:
+        return "n/a"
+    return f"< {1 / n_resamples:.3g}" if value == 0 else f"{value:.3f}"
+
+
 def format_cell(result: Mapping[str, Any], key: str, spec: str) -> str:
     """One value of ``result``, with its bootstrap CI for ECE when present."""
-    text = _fmt(result.get(key), spec)
+    text = format_value(result.get(key), spec)
     if key == "ece" and result.get("ece_ci") is not None:
         lo, hi = result["ece_ci"]
         text += f" [{lo:.4f}, {hi:.4f}]"
