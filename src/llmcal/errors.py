@@ -25,3 +25,7 @@ class ScoresError(LLMCalError):
 
 class CalibrationError(LLMCalError):
     """A calibrator cannot be fitted or applied to the given data."""
+
+
+class EndpointError(LLMCalError):
+    """An inference server failed, stayed down, or does not support what the run needs."""
