@@ -40,6 +40,15 @@ def as_vector(values: npt.ArrayLike, name: str) -> FloatArray:
 
 def as_confidence(confidence: npt.ArrayLike, name: str = "confidence") -> FloatArray:
     """Confidences: 1-D, in [0, 1]."""
+    raw = np.asarray(confidence)
+    # fast path: two reductions, no temporaries (NaN fails both tests and falls through)
+    if (
+        raw.dtype == np.float64
+        and raw.ndim == 1
+        and raw.size
+        and 0.0 <= raw.min() <= raw.max() <= 1.0
+    ):
+        return raw
     conf = as_vector(confidence, name)
     bad = (conf < 0.0) | (conf > 1.0)
     if bad.any():
@@ -50,6 +59,9 @@ def as_confidence(confidence: npt.ArrayLike, name: str = "confidence") -> FloatA
 
 def as_correct(correct: npt.ArrayLike, n: int, name: str = "correct") -> FloatArray:
     """Correctness indicators (bool or 0/1) of length ``n`` as float64 0.0/1.0."""
+    raw = np.asarray(correct)
+    if raw.dtype == np.bool_ and raw.shape == (n,) and n:
+        return raw.astype(np.float64)  # every bool is valid
     arr = as_vector(correct, name)
     if arr.shape[0] != n:
         raise DataError(
