@@ -90,6 +90,31 @@ def test_cloze_is_the_continuation_log_likelihood(smol: HFScorer) -> None:
     assert by_norm["mean"].meta["normalization"] == "mean"
 
 
+@pytest.mark.parametrize("fixture", ["smol", "gemma"])
+def test_cloze_with_shared_context_cache_equals_separate_sequences(
+    fixture: str, request: pytest.FixtureRequest
+) -> None:
+    # one batch holding contexts of different lengths and 2-5 options of 1+ tokens: the KV
+    # cache of each left-padded context is repeated per option and continued; every option
+    # must score what its full sequence scores alone, without padding or cache
+    scorer: HFScorer = request.getfixturevalue(fixture)
+    scorer.batch_size = 16
+    try:
+        got = scorer.score(TASK, mode="cloze", normalization="sum")
+    finally:
+        scorer.batch_size = 4
+    tmpl = get_template("daca1")
+    for i, q in enumerate(QUESTIONS):
+        context, conts = tmpl.cloze(q)
+        for j, cont in enumerate(conts):
+            ctx, tail = scorer.encode_cloze(context, cont, chat=False)
+            with torch.inference_mode():
+                out = scorer.model(input_ids=torch.tensor([ctx + tail])).logits[0].double()
+            logp = torch.log_softmax(out, -1)
+            want = sum(float(logp[len(ctx) - 1 + t, tok]) for t, tok in enumerate(tail))
+            assert got.logits[i, j] == pytest.approx(want, abs=1e-3), (q.id, cont)
+
+
 def test_chat_template_prompt(smol: HFScorer) -> None:
     scores = smol.score(Task("two", QUESTIONS[:2]), template="chat")
     prompt = scores.meta["example_prompt"]

@@ -6,8 +6,9 @@ hub id, optionally with a PEFT adapter. Two modes:
 * ``letter``: one forward pass per question; the next-token logits of the option-letter tokens
   at the answer position (only the last position's logits are computed).
 * ``cloze``: the log-likelihood of each option's text as a continuation of the question, with
-  ``sum``, ``mean`` (per token) or ``char`` (per character) normalisation; the options of one
-  question always share a batch.
+  ``sum``, ``mean`` (per token) or ``char`` (per character) normalisation; the question's
+  context is run once and its KV cache reused for every option (as a ``past_key_values``
+  prefix), so a question costs one context pass plus K short continuation passes.
 
 Batches are length-sorted and left-padded with explicit position ids, so a padded row computes
 exactly what it would alone (up to float rounding).
@@ -301,6 +302,10 @@ class HFScorer:
         )
         return str(text)
 
+    def encode(self, text: str, chat: bool) -> list[int]:
+        """Token ids of ``text`` exactly as the scorer feeds them to the model."""
+        return self._encode(text, chat)
+
     def _encode(self, text: str, chat: bool) -> list[int]:
         # a rendered chat template already holds its special tokens (BOS etc.)
         ids = self.tokenizer(text, add_special_tokens=not chat)["input_ids"]
@@ -373,8 +378,8 @@ class HFScorer:
     def _score_cloze(
         self, task: Task, tmpl: Template, normalization: Normalization
     ) -> tuple[list[list[float]], dict[str, Any]]:
-        torch = self._torch
-        seqs: list[list[tuple[list[int], int, int]]] = []  # per question: (ids, n_cont, n_chars)
+        # per question: the shared context ids and, per option, (continuation ids, n_chars)
+        items: list[tuple[list[int], list[tuple[list[int], int]]]] = []
         for q in task:
             context, conts = tmpl.cloze(q)
             if tmpl.chat:
@@ -382,34 +387,82 @@ class HFScorer:
                     Question(q.id, q.question, q.choices, context=q.context), tmpl
                 )
                 conts = [c.lstrip() for c in conts]
-            per_q = []
+            options = []
+            ctx_ids: list[int] = []
             for cont in conts:
                 ctx_ids, cont_ids = self.encode_cloze(context, cont, tmpl.chat)
-                per_q.append((ctx_ids + cont_ids, len(cont_ids), len(cont)))
-            seqs.append(per_q)
+                options.append((cont_ids, len(cont)))
+            items.append((ctx_ids, options))
         rows: list[list[float]] = [[] for _ in task]
-        # whole questions per batch: ~batch_size sequences, options of a question together
-        per_batch = max(1, self.batch_size // max(1, task.max_choices))
-        lengths = [max(len(s[0]) for s in per_q) for per_q in seqs]
         with self._bar(len(task)) as bar:
-            for batch in length_batches(lengths, per_batch):
-                flat = [s for i in batch for s in seqs[i]]
-                keep = max(n for _, n, _ in flat)
-                logits = self._forward([ids[:-1] for ids, _, _ in flat], keep=keep)
-                logp = torch.log_softmax(logits.float(), dim=-1)
-                j = 0
-                for i in batch:
-                    vals = []
-                    for ids, n, n_chars in seqs[i]:
-                        target = torch.tensor(ids[-n:], device=self.device)
-                        lp = (
-                            logp[j, keep - n :, :].gather(-1, target[:, None]).double().sum().item()
-                        )
-                        vals.append(self._normalize(lp, n, n_chars, normalization))
-                        j += 1
-                    rows[i] = vals
+            for batch in length_batches([len(c) for c, _ in items], self.batch_size):
+                sums = self._cloze_loglik([items[i] for i in batch])
+                for i, logps in zip(batch, sums, strict=True):
+                    rows[i] = [
+                        self._normalize(lp, len(cont), n_chars, normalization)
+                        for lp, (cont, n_chars) in zip(logps, items[i][1], strict=True)
+                    ]
                 bar.update(len(batch))
         return rows, {"logit_kind": "loglikelihood", "normalization": normalization}
+
+    def _cloze_loglik(
+        self, batch: Sequence[tuple[list[int], list[tuple[list[int], int]]]]
+    ) -> list[list[float]]:
+        """Summed continuation log-probs, the shared context run once per question.
+
+        The contexts go through the model once (left-padded, KV cache kept); the cache is then
+        repeated per option and only the continuation tokens are run on top of it. The result
+        equals scoring each ``context + continuation`` sequence on its own (up to float
+        rounding), at the cost of one context pass per question instead of one per option.
+        """
+        torch = self._torch
+        dev = self.device
+        ids, mask, position_ids = self._left_pad([ctx for ctx, _ in batch])
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=ids.to(dev),
+                attention_mask=mask.to(dev),
+                position_ids=position_ids.to(dev),
+                logits_to_keep=1,
+                use_cache=True,
+            )
+            first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+            owner = [i for i, (_, opts) in enumerate(batch) for _ in opts]
+            conts = [cont for _, opts in batch for cont, _ in opts]
+            # the first continuation token is predicted by the context's last position
+            totals = first[owner, [c[0] for c in conts]].double()
+            width = max(len(c) for c in conts) - 1
+            if width > 0:
+                # transformers >= 5.24 names the cache ``cache``, older ones ``past_key_values``
+                cache_name = "cache" if hasattr(out, "cache") else "past_key_values"
+                cache = getattr(out, cache_name)
+                cache.reorder_cache(torch.tensor(owner, device=dev))  # one row per option
+                inp = torch.full((len(conts), width), self.tokenizer.pad_token_id)
+                cont_mask = torch.zeros((len(conts), width), dtype=torch.long)
+                for r, c in enumerate(conts):
+                    inp[r, : len(c) - 1] = torch.tensor(c[:-1])
+                    cont_mask[r, : len(c) - 1] = 1
+                start = mask.sum(-1)[owner]
+                logits = self.model(
+                    input_ids=inp.to(dev),
+                    attention_mask=torch.cat([mask[owner], cont_mask], dim=-1).to(dev),
+                    position_ids=(start[:, None] + torch.arange(width)[None, :]).to(dev),
+                    use_cache=True,
+                    **{cache_name: cache},
+                ).logits
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                target = torch.zeros((len(conts), width), dtype=torch.long)
+                for r, c in enumerate(conts):
+                    target[r, : len(c) - 1] = torch.tensor(c[1:])
+                picked = logp.gather(-1, target.to(dev)[..., None])[..., 0].double()
+                totals = totals + (picked * cont_mask.to(dev)).sum(-1)
+        flat = totals.cpu().tolist()
+        result: list[list[float]] = []
+        j = 0
+        for _, opts in batch:
+            result.append(flat[j : j + len(opts)])
+            j += len(opts)
+        return result
 
     @staticmethod
     def _normalize(logp: float, n_tokens: int, n_chars: int, how: Normalization) -> float:
@@ -420,17 +473,23 @@ class HFScorer:
         return logp / max(1, n_chars)
 
     # -- the forward pass ---------------------------------------------------------------------
-    def _forward(self, seqs: Sequence[Sequence[int]], keep: int) -> torch.Tensor:
-        """Logits of the last ``keep`` positions of left-padded ``seqs`` (B × keep × V)."""
+    def _left_pad(
+        self, seqs: Sequence[Sequence[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Input ids, attention mask and position ids of left-padded ``seqs``."""
         torch = self._torch
         width = max(len(s) for s in seqs)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for r, s in enumerate(seqs):
             ids[r, width - len(s) :] = torch.tensor(s, dtype=torch.long)
             mask[r, width - len(s) :] = 1
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+    def _forward(self, seqs: Sequence[Sequence[int]], keep: int) -> torch.Tensor:
+        """Logits of the last ``keep`` positions of left-padded ``seqs`` (B × keep × V)."""
+        torch = self._torch
+        ids, mask, position_ids = self._left_pad(seqs)
         with torch.inference_mode():
             out = self.model(
                 input_ids=ids.to(self.device),
