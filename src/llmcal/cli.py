@@ -71,8 +71,8 @@ def _print(*parts: Any) -> None:
 
 # -- commands -----------------------------------------------------------------------------------
 def cmd_score(args: argparse.Namespace) -> int:
-    """Score a task with a model and save the Scores as Parquet."""
-    from llmcal.models import HFScorer
+    """Score a task with a model (in-process or through endpoints) and save the Scores."""
+    from llmcal.models.checkpoint import CheckpointedScorer
     from llmcal.tasks import fewshot_split, get_template
 
     out = _out_path(args.out, [".parquet"], "--out")
@@ -85,38 +85,93 @@ def cmd_score(args: argparse.Namespace) -> int:
         shots, task = fewshot_split(task, args.shots, seed=args.seed)
         template = get_template(f"fewshot-{args.shots}")
     task = task.subset(args.limit, seed=None if args.no_shuffle else args.seed)
-    scorer = HFScorer(
-        args.model,
-        adapter=args.adapter,
-        device=args.device,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        trust_remote_code=args.trust_remote_code,
-    )
+    scorer = _score_backend(args, template)
     kwargs: dict[str, Any] = {
         "mode": args.mode,
         "template": template,
         "normalization": args.normalization,
         "shots": shots,
     }
-    start = time.perf_counter()
+    score_fn: Any = None
+    extra: dict[str, Any] = {}
     if args.permutations:
         from llmcal.models.cape import score_cape
 
-        scores = score_cape(
-            scorer, task, permutations=args.permutations, cap=args.permutation_cap, **kwargs
-        )
-    else:
-        scores = scorer.score(task, **kwargs)
+        def score_fn(s: Any, t: Any, **kw: Any) -> Any:
+            return score_cape(s, t, permutations=args.permutations, cap=args.permutation_cap, **kw)
+
+        extra = {"cape": args.permutations, "cap": args.permutation_cap}
+    runner = CheckpointedScorer(
+        scorer,
+        out,
+        chunk_size=args.chunk_size,
+        resume=not args.restart,
+        score_fn=score_fn,
+        extra_key=extra,
+    )
+    start = time.perf_counter()
+    try:
+        scores = runner.score(task, **kwargs)
+    except LLMCalError as exc:
+        if runner.path.exists() and (runner.resumed_rows or runner.scored_rows):
+            kept = runner.resumed_rows + runner.scored_rows
+            raise type(exc)(
+                f"{exc} [{kept} of {len(task)} questions are kept in {runner.path}; rerun the "
+                "same command to resume]"
+            ) from exc
+        raise
     elapsed = time.perf_counter() - start
     scores = scores.replace(meta={"seconds": round(elapsed, 3)})
     scores.save(out)
-    line = f"scored {len(scores)} questions in {elapsed:.1f}s ({len(scores) / elapsed:.2f} q/s)"
+    runner.discard()
+    rate = runner.scored_rows / elapsed if elapsed > 0 else 0.0
+    line = f"scored {runner.scored_rows} questions in {elapsed:.1f}s ({rate:.2f} q/s)"
+    if runner.resumed_rows:
+        line += f", {runner.resumed_rows} resumed from the checkpoint"
     if scores.has_labels:
         line += f"; accuracy {scores.correct().mean():.4f}, mean confidence {scores.confidences().mean():.4f}"
     _print(line)
+    stats = getattr(scorer, "stats", None)
+    if stats is not None:
+        _print(f"requests: {stats.summary()}")
     _print(f"wrote {out}")
     return 0
+
+
+def _score_backend(args: argparse.Namespace, template: Any) -> Any:
+    """The scorer `llmcal score` runs: HTTPScorer with --endpoint, HFScorer otherwise."""
+    if not args.endpoint:
+        from llmcal.models import HFScorer
+
+        return HFScorer(
+            args.model,
+            adapter=args.adapter,
+            device=args.device,
+            dtype=args.dtype,
+            batch_size=args.batch_size,
+            trust_remote_code=args.trust_remote_code,
+            progress=False,
+        )
+    from llmcal.models.http import HTTPScorer
+
+    if args.adapter or args.permutations:
+        raise ConfigError("--adapter and --permutations are not available with --endpoint")
+    scorer = HTTPScorer(
+        args.endpoint,
+        args.model,
+        api_key_env=args.api_key_env,
+        concurrency=args.concurrency,
+        timeout=args.timeout,
+        max_retries=args.retries,
+        top_k=args.top_k,
+        progress=False,
+    )
+    caps = scorer.probe(echo=args.mode == "cloze")
+    _print(f"server: {caps.describe()}")
+    scorer.check_capabilities(args.mode, template.chat)
+    api = "/v1/completions" if args.mode == "cloze" or not template.chat else "/v1/chat/completions"
+    _print(f"mode: {args.mode} via {api} (top-{scorer.effective_top_k} log-probs)")
+    return scorer
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -396,6 +451,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--permutation-cap", type=_positive_int, default=24, help="at most N orderings with 'all'"
+    )
+    p.add_argument(
+        "--endpoint",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="score through an OpenAI-compatible server (repeatable: load is spread); "
+        "--model is then the served model name",
+    )
+    p.add_argument(
+        "--api-key-env", default=None, metavar="VAR", help="environment variable with the API key"
+    )
+    p.add_argument("--concurrency", type=_positive_int, default=4, help="requests in flight")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request attempt")
+    p.add_argument("--retries", type=int, default=5, help="retries per request (backoff+jitter)")
+    p.add_argument("--top-k", type=_positive_int, default=20, help="top log-probs to request")
+    p.add_argument(
+        "--chunk-size",
+        type=_positive_int,
+        default=32,
+        help="questions per checkpointed chunk (part of the run's identity)",
+    )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard the checkpoint beside --out instead of resuming from it",
     )
     p.add_argument("--out", required=True, help="output Scores file (.parquet)")
     p.set_defaults(func=cmd_score)

@@ -43,6 +43,7 @@ import functools
 import math
 import os
 import random
+import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -106,8 +107,10 @@ def normalize_endpoint(url: str) -> str:
 
 
 def public_url(url: str) -> str:
-    """``url`` without any ``user:password@`` part (safe to print and store)."""
+    """``url`` without any ``user:password@`` part or query (safe to print and store)."""
     parts = urlsplit(url)
+    if not parts.netloc:  # not parseable as scheme://host: hide anything before an "@"
+        return re.sub(r"^[^/]*@", "***@", url)
     host = parts.netloc.rsplit("@", 1)[-1]
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
@@ -139,6 +142,7 @@ class Capabilities:
     topk_cap: int
     echo: str  # "ok", "ignored", "inconsistent", "unverifiable", "not probed"
     echo_detail: str = ""
+    min_tokens: bool = False
 
     def describe(self) -> str:
         """One line for the user."""
@@ -198,6 +202,7 @@ class HTTPScorer:
         self.capabilities: Capabilities | None = None
         self._rng = random.Random(seed)
         self._transport = transport
+        self._min_tokens = False
         self._headers = {"Content-Type": "application/json"}
         if api_key_env:
             key = os.environ.get(api_key_env)
@@ -353,13 +358,22 @@ class HTTPScorer:
         async with self._client() as client:
             cap = 0
             completions = chat = False
-            try:
-                body = await self._post(client, "/completions", self._completion(_PROBE_PROMPT), 0)
+            # min_tokens=1 keeps a server from stopping (and dropping the log-probs) when the
+            # end-of-sequence token is the most likely first token; not every server knows it
+            for min_tokens in (True, False):
+                self._min_tokens = min_tokens
+                try:
+                    payload = self._completion(_PROBE_PROMPT)
+                    body = await self._post(client, "/completions", payload, 0)
+                except EndpointError as exc:
+                    if getattr(exc, "status", None) not in _UNSUPPORTED:
+                        raise  # down, or refusing us (e.g. 401): no use probing further
+                    continue
                 top = _completion_top(body, 0)
                 completions, cap = bool(top), len(top)
-            except EndpointError as exc:
-                if getattr(exc, "status", None) not in _UNSUPPORTED:
-                    raise  # down, or refusing us (e.g. 401): no use probing further
+                break
+            else:
+                self._min_tokens = False
             try:
                 msgs = [{"role": "user", "content": _PROBE_PROMPT.removesuffix("\nAnswer:")}]
                 body = await self._post(client, "/chat/completions", self._chat(msgs), 0)
@@ -373,7 +387,9 @@ class HTTPScorer:
                 state, detail = await self._probe_echo(client)
             elif echo:
                 state, detail = "unverifiable", "the server gave no completion log-probs"
-        self.capabilities = Capabilities(completions, chat, cap, state, detail)
+        self.capabilities = Capabilities(
+            completions, chat, cap, state, detail, min_tokens=self._min_tokens
+        )
         return self.capabilities
 
     async def _probe_echo(self, client: Any) -> tuple[str, str]:
@@ -452,10 +468,12 @@ class HTTPScorer:
         }
         if echo:
             payload["echo"] = True
+        if self._min_tokens:
+            payload["min_tokens"] = 1
         return payload
 
     def _chat(self, messages: list[dict[str, str]]) -> dict[str, Any]:
-        return {
+        payload: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
             "max_tokens": 1,
@@ -463,6 +481,9 @@ class HTTPScorer:
             "logprobs": True,
             "top_logprobs": self._k(),
         }
+        if self._min_tokens:
+            payload["min_tokens"] = 1
+        return payload
 
     # -- public API ---------------------------------------------------------------------------
     def score(
@@ -517,15 +538,23 @@ class HTTPScorer:
             body = await self._post(client, path, payload, i)
             top = _chat_top(body) if tmpl.chat else _completion_top(body, 0)
             if not top:
+                why = "the server does not honour logprobs on " + path
+                if _finish_reason(body) == "stop":
+                    why = (
+                        "the server stopped at an end-of-sequence token before the first answer "
+                        "token and dropped the log-probs (it ignores min_tokens)"
+                    )
                 raise EndpointError(
                     f"{', '.join(self.public_endpoints)} returned no top log-probs for question "
-                    f"{task[i].id!r}; the server does not honour logprobs on {path}"
+                    f"{task[i].id!r}: {why}"
                 )
             return top
 
         async with self._client() as client:
             with self._bar(len(task)) as bar:
-                tops = await self._gather([functools.partial(job, i) for i in range(len(task))], bar)
+                tops = await self._gather(
+                    [functools.partial(job, i) for i in range(len(task))], bar
+                )
         rows: list[list[float]] = []
         truncated: dict[str, dict[str, Any]] = {}
         blind = 0
@@ -576,7 +605,9 @@ class HTTPScorer:
 
         async with self._client() as client:
             with self._bar(len(items)) as bar:
-                out = await self._gather([functools.partial(job, j) for j in range(len(items))], bar)
+                out = await self._gather(
+                    [functools.partial(job, j) for j in range(len(items))], bar
+                )
         rows: list[list[float]] = [[] for _ in task]
         for (i, _, cont), (lp, n) in zip(items, out, strict=True):
             value = (
@@ -629,6 +660,13 @@ def _logprobs(body: Any) -> dict[str, Any]:
     except (KeyError, IndexError, TypeError, AttributeError):
         raise EndpointError(f"malformed completion response: {str(body)[:200]}") from None
     return lp if isinstance(lp, dict) else {}
+
+
+def _finish_reason(body: Any) -> str | None:
+    try:
+        return str(body["choices"][0].get("finish_reason"))
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None
 
 
 def _completion_top(body: Any, position: int) -> list[tuple[str, float]]:
