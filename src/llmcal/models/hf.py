@@ -306,10 +306,6 @@ class HFScorer:
         """Token ids of ``text`` exactly as the scorer feeds them to the model."""
         return self._encode(text, chat)
 
-    def encode(self, text: str, chat: bool) -> list[int]:
-        """Token ids of ``text`` exactly as the scorer feeds them to the model."""
-        return self._encode(text, chat)
-
     def _encode(self, text: str, chat: bool) -> list[int]:
         # a rendered chat template already holds its special tokens (BOS etc.)
         ids = self.tokenizer(text, add_special_tokens=not chat)["input_ids"]
