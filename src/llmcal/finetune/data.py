@@ -1,0 +1,120 @@
+"""Questions → prompt + answer-letter training examples, tokenised exactly as HFScorer scores.
+
+The prompt is rendered by :meth:`HFScorer.render_letter` and tokenised by
+:meth:`HFScorer.encode`; the answer is the single option-letter token that
+:meth:`HFScorer.option_token_ids` resolves (e.g. ``" A"``), appended explicitly (cft_rcft.md §7.8).
+So the logits at the last prompt position, which the scorer reads, are the ones trained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from llmcal.errors import ConfigError
+from llmcal.tasks.templates import Template
+from llmcal.tasks.types import Task
+
+if TYPE_CHECKING:
+    import torch
+
+    from llmcal.models.hf import HFScorer
+
+
+@dataclass(frozen=True)
+class LetterFormat:
+    """How a task is rendered for one tokenizer: template, K and the option-letter token ids."""
+
+    template: Template
+    option_ids: tuple[int, ...]
+
+    @property
+    def k(self) -> int:
+        """Number of option tokens (the largest number of choices)."""
+        return len(self.option_ids)
+
+
+def letter_format(scorer: HFScorer, task: Task, template: Template) -> LetterFormat:
+    """Resolve the option-letter tokens for ``task`` the way HFScorer's letter mode does."""
+    if len(task) == 0:
+        raise ConfigError(f"task {task.name!r} has no questions")
+    prompt = scorer.render_letter(task[0], template)
+    ids = scorer.option_token_ids(prompt, template.answer_sep, task.max_choices, template.chat)
+    return LetterFormat(template, tuple(ids))
+
+
+def encode_task(
+    scorer: HFScorer,
+    task: Task,
+    fmt: LetterFormat,
+    max_length: int | None = None,
+    ref_known: dict[str, bool] | None = None,
+) -> list[dict[str, Any]]:
+    """One example per question: prompt ids + gold letter id, label, number of choices.
+
+    ``max_length`` truncates the prompt on the left (the ``Answer:`` end is kept);
+    ``ref_known`` optionally tags each question as known / unknown for diagnostics.
+    """
+    if task.max_choices > fmt.k:
+        raise ConfigError(
+            f"task {task.name!r} has questions with {task.max_choices} choices but the format "
+            f"was resolved for {fmt.k}"
+        )
+    out = []
+    for q in task:
+        if q.answer is None:
+            raise ConfigError(f"question {q.id!r} has no answer; fine-tuning needs labels")
+        prompt = scorer.encode(scorer.render_letter(q, fmt.template), fmt.template.chat)
+        if max_length is not None and len(prompt) + 1 > max_length:
+            prompt = prompt[len(prompt) + 1 - max_length :]
+        known = -1 if ref_known is None or q.id not in ref_known else int(ref_known[q.id])
+        out.append(
+            {
+                "input_ids": [*prompt, fmt.option_ids[q.answer]],
+                "label": q.answer,
+                "n_choices": len(q.choices),
+                "ref_known": known,
+            }
+        )
+    return out
+
+
+class LetterCollator:
+    """Left-pads examples and adds everything the losses need.
+
+    Batch keys: ``input_ids``, ``attention_mask``, ``position_ids`` (as HFScorer builds them),
+    ``answer_pos`` (index of the position whose logits predict the answer letter; the last
+    prompt token), ``answer_token``, ``option_label`` (gold option index), ``option_mask`` ([B, K])
+    and ``ref_known`` (1 / 0 / −1 = untagged).
+    """
+
+    def __init__(self, pad_id: int, k: int) -> None:
+        self.pad_id = pad_id
+        self.k = k
+
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        import torch
+
+        width = max(len(e["input_ids"]) for e in examples)
+        n = len(examples)
+        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for r, e in enumerate(examples):
+            seq = torch.tensor(e["input_ids"], dtype=torch.long)
+            ids[r, width - len(seq) :] = seq
+            mask[r, width - len(seq) :] = 1
+        option_mask = (
+            torch.arange(self.k)[None, :]
+            < torch.tensor([e["n_choices"] for e in examples])[:, None]
+        )
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
+            "answer_pos": torch.full((n,), width - 2, dtype=torch.long),
+            "answer_token": ids[:, -1].clone(),
+            "option_label": torch.tensor([e["label"] for e in examples], dtype=torch.long),
+            "option_mask": option_mask,
+            "ref_known": torch.tensor([e.get("ref_known", -1) for e in examples]),
+        }

@@ -1,0 +1,257 @@
+"""``finetune()``: LoRA fine-tuning of a scorer's model with an llmcal objective, end to end.
+
+Loads the model through :class:`HFScorer` (bundled alias, GGUF, directory or hub id), encodes
+the data with the scorer's own prompt rendering and option tokens, attaches a PEFT LoRA adapter,
+trains with :class:`CalibrationTrainer` (resumable from its Trainer checkpoints) and writes the
+adapter atomically: to a temporary folder first, renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmcal.errors import ConfigError
+from llmcal.finetune.config import FinetuneConfig
+from llmcal.tasks.templates import get_template
+from llmcal.tasks.types import Task
+
+SUMMARY_FILE = "llmcal_finetune.json"
+
+
+@dataclass
+class FinetuneResult:
+    """What a run produced: the adapter folder and its training record."""
+
+    adapter_dir: Path
+    config: FinetuneConfig
+    steps: int
+    train_seconds: float
+    step_seconds: list[float]
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+    diagnostics: list[dict[str, float]] = field(default_factory=list)
+    gate_history: list[dict[str, float]] = field(default_factory=list)
+    e_step_history: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, list[float]] = field(default_factory=dict)
+    schedule: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready record (also written to the adapter folder)."""
+        return {
+            "config": self.config.to_dict(),
+            "steps": self.steps,
+            "train_seconds": self.train_seconds,
+            "step_seconds": self.step_seconds,
+            "schedule": self.schedule,
+            "log_history": self.log_history,
+            "diagnostics": self.diagnostics,
+            "gate_history": self.gate_history,
+            "e_step_history": self.e_step_history,
+            "timings": self.timings,
+        }
+
+
+def checkpoint_dir_for(out: Path) -> Path:
+    """Where the Trainer checkpoints of a run writing ``out`` go (beside it, hidden)."""
+    return out.parent / f".{out.name}.checkpoints"
+
+
+def _lora_config(cfg: FinetuneConfig) -> Any:
+    from peft import LoraConfig
+
+    targets: Any = cfg.lora_targets
+    if targets == ["all-linear"]:
+        targets = "all-linear"
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def finetune(
+    model: str,
+    train: Task,
+    config: FinetuneConfig,
+    out: str | Path,
+    *,
+    cal: Task | None = None,
+    resume: bool = False,
+    keep_checkpoints: bool = False,
+    save_steps: int = 50,
+    progress: bool = True,
+    ref_known: dict[str, bool] | None = None,
+    device: str = "auto",
+    scorer: Any = None,
+    callbacks: Sequence[Any] = (),
+    training_args: dict[str, Any] | None = None,
+) -> FinetuneResult:
+    """Fine-tune ``model`` on ``train`` with ``config`` and save the LoRA adapter to ``out``.
+
+    ``cal`` is the held-out split CogCalib fits its threshold on (required for the cogcalib
+    methods). ``resume`` continues from the last checkpoint in :func:`checkpoint_dir_for`.
+    ``ref_known`` tags training questions known/unknown for the per-group diagnostics.
+    ``scorer``: an already loaded HFScorer of the *base* model to reuse (its model is wrapped).
+    ``callbacks`` are added after llmcal's own; ``training_args`` override TrainingArguments.
+    """
+    try:
+        import peft  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError("fine-tuning needs PEFT: pip install 'llmcal[train]'") from exc
+    import torch
+    from peft import get_peft_model
+    from transformers import TrainingArguments, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from llmcal.finetune.data import LetterCollator, encode_task, letter_format
+    from llmcal.finetune.trainer import (
+        CalibrationTrainer,
+        CogCalibCallback,
+        EStepCallback,
+        ListDataset,
+        StepTimer,
+    )
+    from llmcal.models.hf import HFScorer
+
+    out = Path(out)
+    if config.gated and (cal is None or len(cal) == 0):
+        raise ConfigError(f"method {config.method!r} needs a calibration split (cal=...)")
+    if len(train) == 0:
+        raise ConfigError("the training split is empty")
+    if cal is not None and set(cal.ids) & set(train.ids):
+        raise ConfigError("the calibration split must be disjoint from the training split")
+    template = get_template(config.template)
+    if template.shots:
+        raise ConfigError("fine-tuning uses zero-shot templates (e.g. daca1 or chat)")
+    if scorer is None:
+        scorer = HFScorer(model, device=device, progress=False)
+    all_q = Task(train.name, [*train, *(cal or [])])
+    fmt = letter_format(scorer, all_q, template)
+    train_ds = ListDataset(encode_task(scorer, train, fmt, config.max_length, ref_known))
+    cal_ds = ListDataset(encode_task(scorer, cal, fmt, config.max_length)) if cal else None
+
+    set_seed(config.seed)
+    peft_model = get_peft_model(scorer.model, _lora_config(config))
+    ckpt = checkpoint_dir_for(out)
+    arg_values: dict[str, Any] = dict(
+        output_dir=str(ckpt),
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_ratio,
+        lr_scheduler_type=config.scheduler,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps if config.max_steps is not None else -1,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=1,
+        report_to="none",
+        seed=config.seed,
+        data_seed=config.seed,
+        remove_unused_columns=False,
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+        use_cpu=scorer.device == "cpu",
+        ddp_find_unused_parameters=False,
+    )
+    arg_values.update(training_args or {})
+    args = TrainingArguments(**arg_values)
+    trainer = CalibrationTrainer(
+        model=peft_model,
+        args=args,
+        train_dataset=train_ds,
+        data_collator=LetterCollator(int(scorer.tokenizer.pad_token_id), fmt.k),
+        ft_config=config,
+        option_ids=fmt.option_ids,
+        cal_dataset=cal_ds,
+    )
+    trainer.add_callback(StepTimer(trainer))
+    if config.gated:
+        trainer.add_callback(CogCalibCallback(trainer, config.style_steps, config.refresh_every))
+    if config.regulariser == "ece":
+        trainer.add_callback(EStepCallback(trainer, config.e_step_every))
+    for cb in callbacks:
+        trainer.add_callback(cb)
+
+    last = get_last_checkpoint(str(ckpt)) if resume and ckpt.is_dir() else None
+    output = trainer.train(resume_from_checkpoint=last)
+    result = FinetuneResult(
+        adapter_dir=out,
+        config=config,
+        steps=int(trainer.state.global_step),
+        train_seconds=float(output.metrics.get("train_runtime", math.nan)),
+        step_seconds=list(trainer.timings["step"]),
+        log_history=list(trainer.state.log_history),
+        diagnostics=list(trainer.diagnostics),
+        gate_history=list(trainer.gate_history),
+        e_step_history=list(trainer.e_step_history),
+        timings={k: list(v) for k, v in trainer.timings.items()},
+        schedule=dict(trainer.schedule),
+    )
+    if trainer.is_world_process_zero():
+        meta = {
+            **result.to_dict(),
+            "model": model,
+            "train_task": train.name,
+            "n_train": len(train),
+            "n_cal": 0 if cal is None else len(cal),
+            "option_ids": list(fmt.option_ids),
+            "template": template.name,
+            "resumed_from": last,
+        }
+        _save_adapter(peft_model, out, meta)
+        if not keep_checkpoints:
+            shutil.rmtree(ckpt, ignore_errors=True)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return result
+
+
+def _save_adapter(peft_model: Any, out: Path, meta: dict[str, Any]) -> None:
+    """save_pretrained into a temporary sibling folder, then rename it to ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        peft_model.save_pretrained(str(tmp))
+        (tmp / SUMMARY_FILE).write_text(json.dumps(meta, indent=2, default=float) + "\n")
+        if out.exists():
+            old = out.parent / f".{out.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def evaluation_metrics(scores: Any) -> dict[str, float]:
+    """Accuracy, ECE (15 and 10 equal-width bins), Brier, NLL and mean confidence of Scores."""
+    import numpy as np
+
+    from llmcal.metrics import brier, ece, nll
+
+    conf = scores.confidences()
+    correct = scores.correct().astype(np.float64)
+    return {
+        "n": float(len(scores)),
+        "accuracy": float(correct.mean()),
+        "mean_confidence": float(conf.mean()),
+        "ece15": float(ece(conf, correct, 15)),
+        "ece10": float(ece(conf, correct, 10)),
+        "brier": float(brier(np.exp(scores.log_probs()), scores.labels)),
+        "nll": float(nll(scores.log_probs(), scores.labels, kind="log_probs")),
+    }

@@ -1,0 +1,437 @@
+"""CalibrationTrainer: a thin ``transformers.Trainer`` subclass with the llmcal losses.
+
+Exactness: every loss is a sum of per-example (or per-token) terms divided by the *global*
+count of examples (tokens) in the optimizer step — all micro-batches of the gradient
+accumulation window on all processes, counted in :meth:`get_batch_samples` and all-reduced.
+The local loss is multiplied by the world size because DDP averages gradients. So the loss
+and the gradients do not depend on the gradient accumulation or the number of processes.
+The only batch-level statistics (CogCalib's threshold, RCFT's bin accuracies) are global
+constants between refreshes, computed over whole datasets.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from llmcal.finetune import losses as L
+from llmcal.finetune.config import FinetuneConfig
+
+DIAG_KEYS = (
+    "n",
+    "correct",
+    "conf",
+    "known",
+    "known_correct",
+    "known_conf",
+    "unknown_correct",
+    "unknown_conf",
+    "ref_known",
+    "ref_known_correct",
+    "ref_known_conf",
+    "ref_unknown",
+    "ref_unknown_correct",
+    "ref_unknown_conf",
+)
+
+
+class ListDataset(torch.utils.data.Dataset):
+    """A map-style dataset over a list of encoded examples."""
+
+    def __init__(self, examples: Sequence[dict[str, Any]]) -> None:
+        self.examples = list(examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.examples[i]
+
+
+class CalibrationTrainer(Trainer):
+    """Trainer whose loss is the llmcal objective of ``ft_config`` (see module docstring)."""
+
+    loss_is_scaled_for_ga = True  # compute_loss normalises by the global counts itself
+
+    def __init__(
+        self,
+        *args: Any,
+        ft_config: FinetuneConfig,
+        option_ids: Sequence[int],
+        cal_dataset: ListDataset | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.ft = ft_config
+        self.option_ids = torch.tensor(list(option_ids), dtype=torch.long)
+        self.cal_dataset = cal_dataset
+        self.threshold: float | None = None  # CogCalib t; None during style adaptation
+        self.initial_known: torch.Tensor | None = None  # D_cal correctness of the initial model
+        self.bin_counts: torch.Tensor | None = None  # RCFT E-step n_m (whole training set)
+        self.bin_acc: torch.Tensor | None = None  # RCFT E-step acc_m
+        self.gate_history: list[dict[str, float]] = []
+        self.e_step_history: list[dict[str, Any]] = []
+        self.diagnostics: list[dict[str, float]] = []
+        self.schedule: dict[str, int] = {}
+        self.timings: dict[str, list[float]] = {"step": [], "e_step": [], "threshold": []}
+        self._counts = torch.zeros(3, dtype=torch.float64)  # examples, answer tokens, seq tokens
+        self._diag = torch.zeros(len(DIAG_KEYS), dtype=torch.float64)
+
+    # -- global normalisation ------------------------------------------------------------------
+    @property
+    def world_size(self) -> int:
+        """Number of data-parallel processes."""
+        return int(self.accelerator.num_processes)
+
+    def _all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world_size == 1:
+            return t
+        out = t.to(self.args.device, torch.float64)
+        torch.distributed.all_reduce(out)
+        return out.cpu()
+
+    def get_batch_samples(
+        self, epoch_iterator: Iterator[Any], num_batches: int, device: torch.device
+    ) -> tuple[list[Any], torch.Tensor | int | None]:
+        """Fetch the accumulation window and count examples / tokens over all processes."""
+        batches: list[Any] = []
+        for _ in range(num_batches):
+            try:
+                batches.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        local = torch.zeros(3, dtype=torch.float64)
+        for b in batches:
+            mask = b["attention_mask"]
+            local[0] += mask.shape[0]
+            local[1] += mask.shape[0]  # one answer token per example
+            local[2] += (mask[:, 1:] * mask[:, :-1]).sum().item()
+        self._counts = self._all_sum(local)
+        return batches, torch.tensor(float(self._counts[0]), device=device)
+
+    # -- forward passes ------------------------------------------------------------------------
+    def _option_logits(self, logits_at_answer: torch.Tensor) -> torch.Tensor:
+        return logits_at_answer.index_select(-1, self.option_ids.to(logits_at_answer.device))
+
+    def _forward(self, model: Any, inputs: dict[str, torch.Tensor], full: bool) -> torch.Tensor:
+        out = model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            position_ids=inputs["position_ids"],
+            logits_to_keep=0 if full else 2,
+            use_cache=False,
+        )
+        return out.logits
+
+    @torch.no_grad()
+    def dataset_option_logits(
+        self, dataset: ListDataset, shard: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Option logits, labels and option masks of a dataset under the current weights.
+
+        With ``shard`` each process takes every world_size-th example (callers all-reduce).
+        """
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        idx = list(range(len(dataset)))
+        if shard:
+            idx = idx[self.accelerator.process_index :: self.world_size]
+        collate = self.data_collator
+        zs, ys, ms = [], [], []
+        bs = self.args.per_device_train_batch_size
+        order = sorted(idx, key=lambda i: -len(dataset[i]["input_ids"]))
+        for start in range(0, len(order), bs):
+            batch = collate([dataset[i] for i in order[start : start + bs]])
+            batch = {k: v.to(self.args.device) for k, v in batch.items()}
+            logits = self._forward(model, batch, full=False)
+            at = batch["answer_pos"] - (batch["input_ids"].shape[1] - logits.shape[1])
+            z = self._option_logits(logits[torch.arange(logits.shape[0]), at])
+            zs.append(z.float().cpu())
+            ys.append(batch["option_label"].cpu())
+            ms.append(batch["option_mask"].cpu())
+        if was_training:
+            model.train()
+        k = len(self.option_ids)
+        if not zs:
+            return torch.zeros(0, k), torch.zeros(0, dtype=torch.long), torch.zeros(0, k).bool()
+        return torch.cat(zs), torch.cat(ys), torch.cat(ms)
+
+    # -- CogCalib ------------------------------------------------------------------------------
+    def fit_threshold(self) -> float:
+        """Refit t by Youden's J on D_cal (every process computes the same whole-D_cal value)."""
+        if self.cal_dataset is None:
+            raise ValueError("CogCalib needs a calibration split")
+        start = time.perf_counter()
+        z, y, m = self.dataset_option_logits(self.cal_dataset)
+        nll = L.option_nll(z, y, m)
+        current = z.masked_fill(~m, float("-inf")).argmax(-1) == y
+        known = current
+        if self.ft.gate_reference == "initial" and self.initial_known is not None:
+            known = self.initial_known
+        t = L.youden_threshold(nll, known)
+        self.threshold = t
+        gated = nll <= t
+        self.gate_history.append(
+            {
+                "step": float(self.state.global_step),
+                "threshold": t,
+                "cal_share_known": float(gated.float().mean()),
+                "cal_agreement": float((gated == known).float().mean()),
+                "cal_accuracy": float(current.float().mean()),
+            }
+        )
+        self.timings["threshold"].append(time.perf_counter() - start)
+        return t
+
+    def record_initial_known(self) -> None:
+        """D_cal correctness of the model before training (gate_reference="initial")."""
+        if self.cal_dataset is not None:
+            z, y, m = self.dataset_option_logits(self.cal_dataset)
+            self.initial_known = z.masked_fill(~m, float("-inf")).argmax(-1) == y
+
+    # -- RCFT ----------------------------------------------------------------------------------
+    def e_step(self) -> None:
+        """Bin counts and accuracies over the whole training set, no gradient (all-reduced)."""
+        dataset = self.train_dataset
+        assert isinstance(dataset, ListDataset)
+        start = time.perf_counter()
+        z, y, m = self.dataset_option_logits(dataset, shard=True)
+        p = torch.softmax(z.masked_fill(~m, float("-inf")), -1)
+        counts, hits = L.e_step_stats(p.max(-1).values, (p.argmax(-1) == y).double())
+        counts, hits = self._all_sum(counts), self._all_sum(hits)
+        self.bin_counts = counts
+        self.bin_acc = L.bin_accuracy(counts, hits)
+        self.e_step_history.append(
+            {
+                "step": self.state.global_step,
+                "counts": counts.tolist(),
+                "accuracy": self.bin_acc.tolist(),
+            }
+        )
+        self.timings["e_step"].append(time.perf_counter() - start)
+
+    # -- the loss ------------------------------------------------------------------------------
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> Any:
+        """Σ per-example terms / global counts × world size (see module docstring)."""
+        ft = self.ft
+        counts = self._counts
+        if float(counts[0]) == 0:  # called outside the training loop: local normalisation
+            mask = inputs["attention_mask"]
+            counts = torch.tensor(
+                [mask.shape[0], mask.shape[0], float((mask[:, 1:] * mask[:, :-1]).sum())],
+                dtype=torch.float64,
+            )
+        full = ft.loss == "full"
+        logits = self._forward(model, inputs, full=full)
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        at = inputs["answer_pos"] - (inputs["input_ids"].shape[1] - logits.shape[1])
+        answer_logits = logits[rows, at]
+        z = self._option_logits(answer_logits).float()
+        y, omask = inputs["option_label"], inputs["option_mask"]
+        nll = L.option_nll(z, y, omask)
+
+        if ft.loss == "option":
+            loss = nll.double().sum() / float(counts[0])
+        elif ft.loss == "completion":
+            tok = L.token_ce_sum(
+                answer_logits[:, None, :],
+                inputs["answer_token"][:, None],
+                torch.ones_like(nll)[:, None],
+                ft.sft_label_smoothing,
+            )
+            loss = tok.sum() / float(counts[1])
+        else:  # full sequence (RCFT's SFT2): every real token after the first
+            ids, am = inputs["input_ids"], inputs["attention_mask"]
+            weight = (am[:, 1:] * am[:, :-1]).float()
+            tok = L.token_ce_sum(logits[:, :-1], ids[:, 1:], weight, ft.sft_label_smoothing)
+            loss = tok.sum() / float(counts[2])
+
+        gate = torch.ones_like(nll)
+        reg = ft.regulariser
+        if reg in L.REGULARISERS and ft.weight > 0:
+            if ft.gated:
+                gate = L.known_gate(nll, self.threshold)
+            cal = L.regulariser(reg, z, omask, ft.margin)
+            loss = loss + ft.weight * (gate * cal).double().sum() / float(counts[0])
+        elif reg == "ece" and ft.weight > 0:
+            if self.bin_acc is None or self.bin_counts is None:
+                raise RuntimeError("RCFT loss before the first E-step")
+            probs = torch.softmax(z.masked_fill(~omask, float("-inf")), -1)
+            err, b = L.rcft_sample_error(probs, self.bin_acc.to(z.device), omask)
+            if ft.ece_weighting == "code":
+                # authors' code: Σ_i err_i / n_m(i) over dataset counts, times α·1e-3 (§7.4)
+                n_m = self.bin_counts.to(z.device, z.dtype)[b].clamp(min=1.0)
+                loss = loss + ft.weight * 1e-3 * (err / n_m).double().sum()
+            else:
+                loss = loss + ft.weight * err.double().sum() / float(counts[0])
+        self._accumulate_diagnostics(z.detach(), y, omask, gate, inputs["ref_known"])
+        loss = loss * self.world_size  # (float64 sums) × world size: DDP averages gradients
+        return (loss, {"logits": z}) if return_outputs else loss
+
+    def _accumulate_diagnostics(
+        self,
+        z: torch.Tensor,
+        y: torch.Tensor,
+        omask: torch.Tensor,
+        gate: torch.Tensor,
+        ref_known: torch.Tensor,
+    ) -> None:
+        p = torch.softmax(z.masked_fill(~omask, float("-inf")), -1)
+        conf, pred = p.max(-1)
+        correct = (pred == y).double()
+        conf = conf.double()
+        g = gate.double() if self.ft.gated else torch.zeros_like(conf)
+        rk = (ref_known == 1).double().to(conf.device)
+        ru = (ref_known == 0).double().to(conf.device)
+        vals = [
+            torch.ones_like(conf).sum(),
+            correct.sum(),
+            conf.sum(),
+            g.sum(),
+            (g * correct).sum(),
+            (g * conf).sum(),
+            ((1 - g) * correct).sum(),
+            ((1 - g) * conf).sum(),
+            rk.sum(),
+            (rk * correct).sum(),
+            (rk * conf).sum(),
+            ru.sum(),
+            (ru * correct).sum(),
+            (ru * conf).sum(),
+        ]
+        self._diag += torch.stack(vals).cpu()
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add per-group diagnostics (summed over processes) to the training-loss logs."""
+        if "loss" in logs:
+            d = dict(zip(DIAG_KEYS, self._all_sum(self._diag.clone()).tolist(), strict=True))
+            self._diag.zero_()
+            extra = _diagnostics(d, self.ft.gated)
+            if self.ft.gated:
+                extra["threshold"] = math.nan if self.threshold is None else self.threshold
+            self.diagnostics.append({"step": float(self.state.global_step), **extra})
+            logs = {**logs, **{k: round(v, 4) for k, v in extra.items()}}
+        super().log(logs, start_time)
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else math.nan
+
+
+def _diagnostics(d: dict[str, float], gated: bool) -> dict[str, float]:
+    """Accuracy and mean confidence overall, per gate group and per reference group."""
+    n = d["n"]
+    out = {"train_acc": _ratio(d["correct"], n), "train_conf": _ratio(d["conf"], n)}
+    if gated:
+        out["share_known"] = _ratio(d["known"], n)
+        out["known_acc"] = _ratio(d["known_correct"], d["known"])
+        out["known_conf"] = _ratio(d["known_conf"], d["known"])
+        out["unknown_acc"] = _ratio(d["unknown_correct"], n - d["known"])
+        out["unknown_conf"] = _ratio(d["unknown_conf"], n - d["known"])
+    if d["ref_known"] or d["ref_unknown"]:
+        out["ref_known_acc"] = _ratio(d["ref_known_correct"], d["ref_known"])
+        out["ref_known_conf"] = _ratio(d["ref_known_conf"], d["ref_known"])
+        out["ref_unknown_acc"] = _ratio(d["ref_unknown_correct"], d["ref_unknown"])
+        out["ref_unknown_conf"] = _ratio(d["ref_unknown_conf"], d["ref_unknown"])
+    return out
+
+
+class CogCalibCallback(TrainerCallback):
+    """Style adaptation, then the initial threshold and its refresh every ``refresh`` steps."""
+
+    def __init__(
+        self, trainer: CalibrationTrainer, style_steps: int | None, refresh: int | None
+    ) -> None:
+        self.trainer = trainer
+        self.style_steps = style_steps if style_steps is not None else -1
+        self.refresh = refresh if refresh is not None else -1
+        self._defaults = (style_steps is None, refresh is None)
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        """Resolve the defaults (5 % of the steps; once per epoch); reference labels; on
+        resume past style adaptation, refit t (the refreshed t is not checkpointed)."""
+        if self._defaults[0]:
+            self.style_steps = max(1, round(0.05 * state.max_steps))
+        if self._defaults[1]:
+            loader = kw.get("train_dataloader")
+            per_epoch = len(loader) if loader is not None else state.max_steps
+            self.refresh = max(1, math.ceil(per_epoch / args.gradient_accumulation_steps))
+        self.trainer.schedule = {"style_steps": self.style_steps, "refresh_every": self.refresh}
+        if self.trainer.ft.gate_reference == "initial" and self.trainer.initial_known is None:
+            self.trainer.record_initial_known()
+        if state.global_step >= self.style_steps:
+            self.trainer.fit_threshold()
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        """Fit t0 when style adaptation ends; refresh it every ``refresh`` steps after."""
+        since = state.global_step - self.style_steps
+        if since == 0 or (since > 0 and since % self.refresh == 0):
+            self.trainer.fit_threshold()
+
+
+class EStepCallback(TrainerCallback):
+    """RCFT's E-step at the start of every epoch (or every ``every`` steps)."""
+
+    def __init__(self, trainer: CalibrationTrainer, every: int | None) -> None:
+        self.trainer = trainer
+        self.every = every
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        """The first E-step (also after resuming from a checkpoint)."""
+        self.trainer.e_step()
+
+    def on_epoch_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        """Re-run the E-step each epoch; the authors' code runs it once (cft_rcft.md §7.5)."""
+        if self.every is None and state.global_step > 0 and self._not_just_done(state):
+            self.trainer.e_step()
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        """Optional step-based schedule."""
+        if self.every is not None and state.global_step % self.every == 0:
+            self.trainer.e_step()
+
+    def _not_just_done(self, state: TrainerState) -> bool:
+        hist = self.trainer.e_step_history
+        return not hist or hist[-1]["step"] != state.global_step
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of each optimizer step (forward, backward, optimizer), callbacks excluded."""
+
+    def __init__(self, trainer: CalibrationTrainer) -> None:
+        self.trainer = trainer
+        self._start = 0.0
+
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        """Start the clock."""
+        self._start = time.perf_counter()
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        """Stop the clock (runs before the schedule callbacks, which are added after it)."""
+        self.trainer.timings["step"].append(time.perf_counter() - self._start)

@@ -1,0 +1,45 @@
+"""A tiny random Llama with a real tokenizer, and tiny tasks: for the fine-tuning tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llmcal.tasks.types import Question, Task
+
+
+def make_tiny_model(target: Path, tokenizer_dir: Path) -> Path:
+    """A 2-layer random-weight LlamaForCausalLM (seeded) saved with a real tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(target))
+    tok.save_pretrained(str(target))
+    return target
+
+
+def tiny_task(n: int, prefix: str = "q", seed: int = 0) -> Task:
+    """``n`` short labelled 4-option questions of varied length."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    words = ["red", "blue", "cat", "dog", "sun", "moon", "tree", "rock", "sea", "sky"]
+    qs = []
+    for i in range(n):
+        q = " ".join(rng.choice(words, size=2 + i % 5))
+        choices = tuple(str(rng.choice(words)) + f" {j}" for j in range(4 if i % 3 else 3))
+        qs.append(Question(f"{prefix}{i}", f"Which {q}?", choices, int(rng.integers(len(choices)))))
+    return Task(f"tiny-{prefix}", qs)
