@@ -1,4 +1,4 @@
-"""The ``llmcal`` command line: score, eval, fit, apply, report, demo and list.
+"""The ``llmcal`` command line: score, eval, fit, apply, report, finetune, demo and list.
 
 Every user error is an ``LLMCalError``: the CLI prints one line ``llmcal: error: …`` and exits 2,
 without a traceback. Outputs are written atomically, so a failed command leaves no half-written
@@ -362,6 +362,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """LoRA fine-tuning with a calibration-aware objective; writes a PEFT adapter folder."""
+    from llmcal.finetune.command import check_adapter_out, config_from_args, run_finetune
+
+    check_adapter_out(args.out)  # before loading any data or model
+    config_from_args(args)
+    summary = run_finetune(args, _load_task(args))
+    _print(f"wrote {summary['adapter']} ({summary['steps']} steps)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Score both bundled models on the synthetic task and compare their calibration."""
     from llmcal.demo import run_demo
@@ -567,6 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output file (.html, .json or .md)")
     p.set_defaults(func=cmd_report)
 
+    _add_finetune_parser(sub)
+
     p = sub.add_parser("demo", help="score both bundled models on the synthetic task")
     p.add_argument("--out-dir", default="llmcal-demo", help="where Scores and the diagram go")
     p.add_argument("--n", type=_positive_int, default=300, help="number of synthetic questions")
@@ -577,6 +590,53 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="built-in tasks, templates and bundled models")
     p.set_defaults(func=cmd_list)
     return parser
+
+
+def _add_finetune_parser(sub: Any) -> None:
+    from llmcal.finetune.config import BASE_LOSSES, METHODS
+    from llmcal.tasks.templates import DEFAULT_TEMPLATE
+
+    p = sub.add_parser(
+        "finetune",
+        help="calibration-aware LoRA fine-tuning (CogCalib, CFT, RCFT, …) → adapter folder",
+        description="Seeded train / cal / test split of the task, LoRA fine-tuning on the "
+        "Hugging Face Trainer (resumable with --resume), the adapter saved to --out, and a "
+        "before / after table on the test split. Score with `llmcal score --adapter OUT`.",
+    )
+    p.add_argument("--model", required=True, help="bundled alias, .gguf file, model dir, hub id")
+    p.add_argument("--task", required=True, help="built-in task name, 'synthetic', or a data file")
+    p.add_argument("--data-dir", default=None, help="folder of canonical JSONL files")
+    p.add_argument("--columns", default=None, help="column mapping for CSV/Parquet files")
+    p.add_argument("--split", default=None, help="dataset split for hub datasets")
+    p.add_argument("--subject", action="append", default=None, help="keep only this subject")
+    p.add_argument("--method", choices=list(METHODS), default="sft")
+    p.add_argument("--loss", choices=BASE_LOSSES, default=None, help="override the base loss")
+    p.add_argument("--alpha", type=float, default=None, help="weight of the calibration term")
+    p.add_argument("--margin", type=float, default=10.0, help="MbLS margin")
+    p.add_argument("--style-steps", type=int, default=None, help="CogCalib plain-CE steps first")
+    p.add_argument("--refresh-every", type=_positive_int, default=None, help="threshold refresh")
+    p.add_argument("--lora-r", type=_positive_int, default=8)
+    p.add_argument("--lora-alpha", type=_positive_int, default=None, help="default 2 × r")
+    p.add_argument("--lora-targets", default=None, help="comma-separated module names")
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate")
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--grad-accum", type=_positive_int, default=1)
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=float, default=None, help="default 1")
+    length.add_argument("--max-steps", type=_positive_int, default=None)
+    p.add_argument("--max-length", type=_positive_int, default=None, help="truncate prompts")
+    p.add_argument("--template", default=DEFAULT_TEMPLATE, help="zero-shot prompt template")
+    p.add_argument("--limit", type=_positive_int, default=None, help="use at most N questions")
+    p.add_argument("--cal-fraction", type=float, default=None, help="default .1 for cogcalib")
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and the training")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--save-steps", type=_positive_int, default=50, help="checkpoint interval")
+    p.add_argument("--keep-checkpoints", action="store_true")
+    p.add_argument("--no-eval", action="store_true", help="skip the before / after table")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="adapter folder to write")
+    p.set_defaults(func=cmd_finetune)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
