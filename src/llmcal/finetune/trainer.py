@@ -7,6 +7,23 @@ The local loss is multiplied by the world size because DDP averages gradients. S
 and the gradients do not depend on the gradient accumulation or the number of processes.
 The only batch-level statistics (CogCalib's threshold, RCFT's bin accuracies) are global
 constants between refreshes, computed over whole datasets.
+
+Where this differs from the authors' released RCFT code (cft_rcft.md; CogCalib has no code):
+
+* the answer letter is tokenised as HFScorer scores it and appended explicitly, and its logits
+  are read at the last prompt position (the code's ``"### Answer:{L}"`` can merge ":A" into
+  one token, so its position −2 may score the wrong token; §7.8);
+* RCFT's base loss is the full-sequence SFT2 of the paper (the code uses completion-only SFT1);
+* the E-step is re-run every epoch (or every N steps) by a callback (the code runs it once);
+* the targets are detached (EM), K comes from each question (the code hard-codes K − 1 = 3),
+  and an empty bin takes the nearest non-empty bin's accuracy (the code's ``nan_to_num`` gives
+  0; see :mod:`llmcal.finetune.losses`);
+* L_ECE is a per-example mean with λ = 1 (the code's 1/n_m over dataset counts times α·1e-3
+  makes the term ~1e-5 of the SFT loss; kept as ``ece_weighting="code"``);
+* epochs are the Trainer's own (the code calls ``super().train()`` once per epoch: 5 × 5 passes).
+
+CogCalib's spec puts LoRA on ``lm_head`` too; the default targets leave it out because both
+bundled models tie it to the input embeddings, which a merged adapter would then change too.
 """
 
 from __future__ import annotations
