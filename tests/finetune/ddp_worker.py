@@ -1,7 +1,7 @@
 """One optimizer step of several methods on the tiny model; writes loss and LoRA gradients.
 
 Run alone (one process) or under torchrun (gloo on CPU). Usage:
-``ddp_worker.py MODEL_DIR OUT.json BATCH GRAD_ACCUM[,BATCH,GRAD_ACCUM…]``.
+``ddp_worker.py MODEL_DIR OUT.json BATCH,ACCUM [BATCH,ACCUM …]``.
 """
 
 from __future__ import annotations
@@ -37,9 +37,8 @@ class GradCapture(TrainerCallback):  # type: ignore[misc]
         }
 
 
-def main() -> None:
-    model_dir, out = sys.argv[1], Path(sys.argv[2])
-    layouts = [tuple(map(int, s.split(","))) for s in sys.argv[3:]]
+def run_layouts(model_dir: str, out_dir: Path, layouts: list[tuple[int, int]]) -> dict[str, Any]:
+    """Loss, gradients, threshold and E-step of one step per method and (batch, accum)."""
     train, cal = tiny_task(8, "t", seed=1), tiny_task(12, "c", seed=2)
     results: dict[str, Any] = {}
     rank = int(os.environ.get("RANK", "0"))
@@ -61,11 +60,11 @@ def main() -> None:
                 warmup_ratio=0.0,
             )
             cap = GradCapture()
-            res = finetune(  # loss: float64 sums of per-example / per-token terms
+            res = finetune(
                 model_dir,
                 train,
                 cfg,
-                out.parent / f"adapter-{rank}-{method}-{batch}-{accum}",
+                out_dir / f"adapter-{rank}-{method}-{batch}-{accum}",
                 cal=cal,
                 progress=False,
                 device="cpu",
@@ -79,7 +78,15 @@ def main() -> None:
                 "threshold": res.gate_history[-1]["threshold"] if res.gate_history else None,
                 "e_step": res.e_step_history,
             }
-    if rank == 0:
+    return results
+
+
+def main() -> None:
+    """Command line: MODEL_DIR OUT.json BATCH,ACCUM …; rank 0 writes the JSON."""
+    out = Path(sys.argv[2])
+    layouts = [tuple(map(int, s.split(","))) for s in sys.argv[3:]]
+    results = run_layouts(sys.argv[1], out.parent, layouts)  # type: ignore[arg-type]
+    if int(os.environ.get("RANK", "0")) == 0:
         out.write_text(json.dumps(results))
 
 

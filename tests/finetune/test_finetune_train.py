@@ -82,9 +82,8 @@ def test_failed_save_leaves_nothing_behind(tmp_path: Path) -> None:
 
 def _worker(model: Path, out: Path, layouts: list[str], nproc: int) -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, str(HERE / "ddp_worker.py"), str(model), str(out), *layouts]
-    if nproc > 1:
-        cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    run = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    cmd = [sys.executable, *run, str(HERE / "ddp_worker.py"), str(model), str(out), *layouts]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return dict(json.loads(out.read_text()))
@@ -94,8 +93,9 @@ def test_ddp_two_processes_equal_one_process(tiny_model: Path, tmp_path: Path) -
     """Loss and LoRA gradients of one optimizer step on a global batch of 8 examples:
     1 process × batch 8, 1 process × batch 2 × 4 accumulation, 2 gloo processes × 2 × 2."""
     import numpy as np
+    from ddp_worker import run_layouts
 
-    one = _worker(tiny_model, tmp_path / "one.json", ["8,1", "2,4"], 1)
+    one = run_layouts(str(tiny_model), tmp_path, [(8, 1), (2, 4)])  # in this process
     two = _worker(tiny_model, tmp_path / "two.json", ["2,2"], 2)
     for key, dist in two.items():
         method = key.split("/")[0]
