@@ -13,6 +13,11 @@ flight. Modes:
   log-probs agree with its own next-token log-probs (servers get this wrong: llama-cpp-python's
   server fails it), otherwise :class:`~llmcal.errors.EndpointError`.
 
+Letter requests carry ``min_tokens=1`` when the probe finds the server accepts it: otherwise
+llama-cpp-python stops at an end-of-sequence first token and drops the log-probs of that very
+position (the reported log-probs are the model's raw distribution either way; the bias only
+acts on sampling).
+
 Token → option mapping: a returned token counts for option ``X`` when, stripped of whitespace,
 the byte-level / sentencepiece space markers ``Ġ`` and ``▁`` and the brackets and punctuation
 ``()[]{}.:,;*"'``, it equals the letter ``X`` in either case (``" A"``, ``"A"``, ``"a"``,
