@@ -116,12 +116,7 @@ class CalibrationTrainer(Trainer):
         self, epoch_iterator: Iterator[Any], num_batches: int, device: torch.device
     ) -> tuple[list[Any], torch.Tensor | int | None]:
         """Fetch the accumulation window and count examples / tokens over all processes."""
-        batches: list[Any] = []
-        for _ in range(num_batches):
-            try:
-                batches.append(next(epoch_iterator))
-            except StopIteration:
-                break
+        batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
         local = torch.zeros(3, dtype=torch.float64)
         for b in batches:
             mask = b["attention_mask"]
