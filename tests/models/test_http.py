@@ -284,3 +284,32 @@ def test_cli_score_endpoint_user_errors_exit_2_without_output(
     code, _, err = run(capsys, *base, "--endpoint", url, "--permutations", "cyclic")
     assert_user_error(code, err, "--permutations")
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.model
+def test_cloze_client_reads_echo_like_the_engine_in_process(
+    llama_server: Any, key_env: str, task: Task, in_process: Any
+) -> None:
+    """The cloze client path, past the probe: it must read what the engine echoes, no more.
+
+    llama-cpp-python fails the echo probe (its numbers are shifted by one position), so this
+    forces the probe's verdict to isolate the client: HTTP equals the same engine in-process.
+    """
+    import dataclasses
+
+    scorer = make_scorer(llama_server.url, key_env)
+    scorer.capabilities = dataclasses.replace(scorer.probe(), echo="ok")
+    one = task.subset(1)
+    scores = scorer.score(one, mode="cloze", normalization="sum")
+    q = one[0]
+    context, conts = get_template("daca1").cloze(q)
+    ref = []
+    for cont in conts:
+        out: Any = in_process.create_completion(
+            context + cont, max_tokens=1, temperature=0.0, logprobs=1, echo=True,
+            logits_processor=None,
+        )  # fmt: skip
+        lp = out["choices"][0]["logprobs"]
+        ref.append(sum(float(v) for o, v in zip(lp["text_offset"], lp["token_logprobs"], strict=False)
+                       if len(context) <= o < len(context + cont)))  # fmt: skip
+    assert np.abs(scores.logits[0] - np.array(ref)).max() <= 1e-6
