@@ -8,8 +8,8 @@ the time of one request: the engine's own time (llama-cpp-python's ``Llama.creat
 in-process, same payload), the server round trip with a bare ``httpx.Client`` (engine + server
 HTTP stack), and HTTPScorer's time per question at concurrency 1 (+ asyncio, retries, parsing).
 Finally it compares HTTP letter scores with HFScorer on the same GGUF, and the two engines on
-identical token ids. Writes benchmarks/results/http.{json,md}.
-Usage: python benchmarks/http.py [--n 12] [--n-agree 24] [--repeats 1]
+identical token ids. Writes benchmarks/results/http_scoring.{json,md}.
+Usage: python benchmarks/http_scoring.py [--n 12] [--n-agree 24] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -17,27 +17,20 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# This file is named http.py: keep its folder from shadowing the standard library's http package
-# (httpx imports http.client), then put the folder back for `common`.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-import http.client  # noqa: E402, F401
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests" / "models"))
 
-sys.path.append(str(_HERE))
-sys.path.append(str(_HERE.parent / "tests" / "models"))
+import argparse
+import statistics
+import tempfile
+import time
+from typing import Any
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
+from llama_server_helpers import N_BATCH, N_CTX, N_THREADS, FaultProxy, LlamaServer
 
-from llama_server_helpers import N_BATCH, N_CTX, N_THREADS, FaultProxy, LlamaServer  # noqa: E402
-
-from common import DATA_DIR, md_table, write_results  # noqa: E402
-from llmcal.models.bundled import resolve_bundled  # noqa: E402
-from llmcal.models.http import HTTPScorer  # noqa: E402
-from llmcal.tasks import get_template, load_task  # noqa: E402
+from common import DATA_DIR, md_table, write_results
+from llmcal.models.bundled import resolve_bundled
+from llmcal.models.http import HTTPScorer
+from llmcal.tasks import get_template, load_task
 
 FAULTS = {"p500": 0.10, "pdrop": 0.05}
 
@@ -80,7 +73,7 @@ def main() -> None:
     agreement = _agreement(gguf, agree_task, http_scores)
     md = _markdown(args, task, runs, split, agreement)
     write_results(
-        "http",
+        "http_scoring",
         {"task": args.task, "n": len(task), "server_threads": N_THREADS, "faults": FAULTS,
          "runs": runs, "per_request_ms": split, "http_vs_hf": agreement},
         md,
