@@ -222,6 +222,7 @@ def _save_adapter(peft_model: Any, out: Path, meta: dict[str, Any]) -> None:
     """save_pretrained into a temporary sibling folder, then rename it to ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the adapter is an ordinary output folder
     try:
         peft_model.save_pretrained(str(tmp))
         (tmp / SUMMARY_FILE).write_text(json.dumps(meta, indent=2, default=float) + "\n")
