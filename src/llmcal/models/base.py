@@ -49,6 +49,23 @@ def check_mode(mode: str, normalization: str) -> None:
         )
 
 
+def check_request(
+    task: Task,
+    mode: str,
+    template: str | Template,
+    normalization: str,
+    shots: Sequence[Question] = (),
+) -> Template:
+    """Validate the arguments every ``Scorer.score`` takes; return the Template."""
+    check_mode(mode, normalization)
+    tmpl = as_template(template)
+    if len(task) == 0:
+        raise ConfigError(f"task {task.name!r} has no questions to score")
+    if {s.id for s in shots} & set(task.ids):
+        raise ConfigError("few-shot examples must not be among the scored questions")
+    return tmpl
+
+
 def as_template(template: str | Template) -> Template:
     """A Template from a name or a Template."""
     return template if isinstance(template, Template) else get_template(template)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from llmcal.errors import ConfigError, ScoresError
-from llmcal.models.base import Mode, Normalization, Scorer, as_template, build_scores, check_mode
+from llmcal.models.base import Mode, Normalization, Scorer, build_scores, check_request
 from llmcal.scores import Scores
 from llmcal.tasks.templates import DEFAULT_TEMPLATE, Template
 from llmcal.tasks.types import Question, Task
@@ -264,10 +264,7 @@ class CheckpointedScorer:
         shots: Sequence[Question] = (),
     ) -> Scores:
         """Score ``task`` chunk by chunk, skipping chunks the checkpoint already holds."""
-        check_mode(mode, normalization)
-        tmpl = as_template(template)
-        if len(task) == 0:
-            raise ConfigError(f"task {task.name!r} has no questions to score")
+        tmpl = check_request(task, mode, template, normalization, shots)
         ckpt = Checkpoint(self.path, self.key(task, mode, tmpl, normalization, shots))
         ckpt.open(self.resume)
         chunks = [

@@ -26,9 +26,8 @@ from llmcal.errors import ConfigError, ModelError
 from llmcal.models.base import (
     Mode,
     Normalization,
-    as_template,
     build_scores,
-    check_mode,
+    check_request,
 )
 from llmcal.models.bundled import BUNDLED, resolve_bundled
 from llmcal.scores import Scores
@@ -256,13 +255,7 @@ class HFScorer:
         shots: Sequence[Question] = (),
     ) -> Scores:
         """Score every question of ``task``; see the module docstring for the modes."""
-        check_mode(mode, normalization)
-        tmpl = as_template(template)
-        if len(task) == 0:
-            raise ConfigError(f"task {task.name!r} has no questions to score")
-        shot_ids = {s.id for s in shots}
-        if shot_ids & set(task.ids):
-            raise ConfigError("few-shot examples must not be among the scored questions")
+        tmpl = check_request(task, mode, template, normalization, shots)
         if mode == "letter":
             rows, extra = self._score_letter(task, tmpl, shots)
         else:

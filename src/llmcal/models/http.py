@@ -56,7 +56,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from llmcal.errors import ConfigError, EndpointError, ModelError
-from llmcal.models.base import Mode, Normalization, as_template, build_scores, check_mode
+from llmcal.models.base import Mode, Normalization, build_scores, check_request
 from llmcal.scores import Scores
 from llmcal.tasks.templates import DEFAULT_TEMPLATE, Template
 from llmcal.tasks.types import LETTERS, Question, Task
@@ -501,12 +501,7 @@ class HTTPScorer:
         shots: Sequence[Question] = (),
     ) -> Scores:
         """Score every question of ``task`` (probing the server first if not done yet)."""
-        check_mode(mode, normalization)
-        tmpl = as_template(template)
-        if len(task) == 0:
-            raise ConfigError(f"task {task.name!r} has no questions to score")
-        if {s.id for s in shots} & set(task.ids):
-            raise ConfigError("few-shot examples must not be among the scored questions")
+        tmpl = check_request(task, mode, template, normalization, shots)
         caps = self.check_capabilities(mode, tmpl.chat)
         if mode == "letter":
             rows, extra = self._run(self._letter(task, tmpl, shots))
