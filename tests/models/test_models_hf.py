@@ -104,7 +104,8 @@ def test_cloze_with_shared_context_cache_equals_separate_sequences(
     finally:
         scorer.batch_size = 4
     tmpl = get_template("daca1")
-    for i, q in enumerate(QUESTIONS):
+    for i in (0, 2, 3):  # 4, 5 and 2 options, one with a passage
+        q = QUESTIONS[i]
         context, conts = tmpl.cloze(q)
         for j, cont in enumerate(conts):
             ctx, tail = scorer.encode_cloze(context, cont, chat=False)
