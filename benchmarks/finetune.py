@@ -31,6 +31,7 @@ from typing import Any
 from common import CACHE, DATA_DIR, md_table, write_results
 from llmcal._io import atomic_write_text
 from llmcal.finetune import FinetuneConfig
+from llmcal.finetune.run import evaluation_metrics
 from llmcal.tasks import load_task
 from llmcal.tasks.types import Task
 
@@ -106,12 +107,6 @@ def _scorer(model: str, adapter: Path | None = None) -> Any:
     return HFScorer(model, adapter=adapter, batch_size=8, progress=False)
 
 
-def _metrics(scores: Any) -> dict[str, float]:
-    from llmcal.finetune.run import evaluation_metrics
-
-    return evaluation_metrics(scores)
-
-
 def _score_sets(scorer: Any, sets: dict[str, Task]) -> tuple[dict[str, Any], dict[str, float]]:
     scores, secs = {}, {}
     for name, task in sets.items():
@@ -126,7 +121,7 @@ def _with_ts(scores: dict[str, Any]) -> dict[str, dict[str, float]]:
     from llmcal.calibrate import TemperatureScaling
 
     ts = TemperatureScaling().fit(scores["cal"])
-    out = {k: _metrics(ts.transform(v)) for k, v in scores.items() if k != "cal"}
+    out = {k: evaluation_metrics(ts.transform(v)) for k, v in scores.items() if k != "cal"}
     out["_temperature"] = {"value": ts.temperature}
     return out
 
@@ -166,7 +161,7 @@ def baseline(model: str, sets: dict[str, Task], name: str) -> Any:
         scores, secs = _score_sets(_scorer(model), sets)
         return {
             "model": model,
-            "metrics": {k: _metrics(v) for k, v in scores.items()},
+            "metrics": {k: evaluation_metrics(v) for k, v in scores.items()},
             "ts": _with_ts(scores) if "cal" in scores else {},
             "score_seconds": secs,
             "correct": {k: v.correct().astype(int).tolist() for k, v in scores.items()},
@@ -222,7 +217,7 @@ def train_run(
             "seed": seed,
             "n_train": len(train),
             "config": cfg.to_dict(),
-            "metrics": {k: _metrics(v) for k, v in scores.items() if k != "cal"},
+            "metrics": {k: evaluation_metrics(v) for k, v in scores.items() if k != "cal"},
             "steps": res.steps,
             "train_seconds": res.train_seconds,
             "step_seconds": res.step_seconds,
