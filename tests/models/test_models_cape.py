@@ -91,3 +91,46 @@ def test_cape_with_the_bundled_model(smol) -> None:  # type: ignore[no-untyped-d
         expected[list(perm)] += p / 4
     np.testing.assert_allclose(out.probs()[0], expected, atol=1e-5)
     assert not np.allclose(out.probs()[0], smol.score(task).probs()[0], atol=1e-3)
+
+
+def test_common_prefix_len() -> None:
+    from llmcal.models.hf import _common_prefix_len
+
+    assert _common_prefix_len([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert _common_prefix_len([[1, 2, 3], [1, 2, 3]], keep_last=1) == 2  # a suffix stays
+    assert _common_prefix_len([[7, 1], [8, 1]]) == 0
+
+
+MIXED = [
+    Question(
+        "m4", "Which gas do plants take in?", ("oxygen", "carbon dioxide", "helium", "neon"), 1
+    ),
+    Question("m2", "Is ice cold?", ("no", "yes"), 1, context="Ice is frozen water at 0 C."),
+    Question("m3", "2 + 2 =", ("3", "4", "22"), 1),
+    Question("m4b", "Pick the colour.", ("red", "dog", "run", "seven"), 0),
+]
+
+
+@pytest.mark.model
+def test_score_permuted_equals_scoring_each_ordering(smol) -> None:  # type: ignore[no-untyped-def]
+    # one batch of prefixes of different lengths, 2-4 orderings each, one question with a
+    # passage: every round must equal scoring the permuted questions the ordinary way
+    task = Task("mixed", MIXED)
+    orders = [option_permutations(len(q.choices)) for q in MIXED]
+    smol.batch_size = 8
+    try:
+        rounds = smol.score_permuted(task, orders)
+    finally:
+        smol.batch_size = 4
+    assert len(rounds) == 4
+    for r, got in enumerate(rounds):
+        qs = [permute_question(q, o[r]) for q, o in zip(MIXED, orders, strict=True) if r < len(o)]
+        want = smol.score(Task("mixed", qs))
+        assert got.ids.tolist() == want.ids.tolist() and got.labels.tolist() == want.labels.tolist()
+        np.testing.assert_allclose(got.logits, want.logits, atol=1e-4)
+        drop = ("created", "batch_size")
+        assert {k: v for k, v in got.meta.items() if k not in drop} == {
+            k: v for k, v in want.meta.items() if k not in drop
+        }
+    with pytest.raises(ConfigError, match="letter"):
+        smol.score_permuted(task, orders, mode="cloze")

@@ -69,19 +69,22 @@ def score_cape(
     total = np.zeros((len(task), task.max_choices))
     counts = np.zeros(len(task))
     row = {q.id: i for i, q in enumerate(task)}
-    base: Scores | None = None
-    for r in range(n_rounds):
-        qs = [permute_question(q, perms[q.id][r]) for q in task if r < len(perms[q.id])]
-        scores = scorer.score(Task(task.name, qs, task.metadata), **score_kwargs)
-        if base is None:
-            base = scores
+    permuted = getattr(scorer, "score_permuted", None)
+    if permuted is not None:  # shares each question's prompt prefix across its orderings
+        rounds = permuted(task, [perms[q.id] for q in task], **score_kwargs)
+    else:
+        rounds = [
+            scorer.score(Task(task.name, _round(task, perms, r), task.metadata), **score_kwargs)
+            for r in range(n_rounds)
+        ]
+    for r, scores in enumerate(rounds):
         probs = scores.probs()
-        for j, q in enumerate(qs):
-            i = row[q.id]
-            perm = perms[q.id][r]
+        for j, qid in enumerate(scores.ids):
+            i = row[qid]
+            perm = perms[qid][r]
             total[i, list(perm)] += probs[j, : len(perm)]
             counts[i] += 1
-    assert base is not None  # round 0 scores every question
+    base = rounds[0]  # round 0 scores every question
     # tiny floor: an underflowed average must not turn a real option into -inf padding
     log_mean = np.log(np.maximum(total / counts[:, None], np.finfo(np.float64).tiny))
     rows = [log_mean[i, : len(q.choices)].tolist() for i, q in enumerate(task)]
@@ -89,3 +92,8 @@ def score_cape(
     meta["logit_kind"] = "probs_log"
     meta["cape"] = {"permutations": permutations, "rounds": n_rounds, "cap": cap, "seed": seed}
     return build_scores(task, rows, meta)
+
+
+def _round(task: Task, perms: dict[str, list[tuple[int, ...]]], r: int) -> list[Question]:
+    """The questions with an ``r``-th ordering, shown in it."""
+    return [permute_question(q, perms[q.id][r]) for q in task if r < len(perms[q.id])]

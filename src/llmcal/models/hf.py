@@ -4,11 +4,16 @@ Loads a bundled alias, a ``.gguf`` file (dequantised by transformers), a local d
 hub id, optionally with a PEFT adapter. Two modes:
 
 * ``letter``: one forward pass per question; the next-token logits of the option-letter tokens
-  at the answer position (only the last position's logits are computed).
+  at the answer position (only the last position's logits are computed). The token prefix a
+  batch's prompts share (the template's instruction, few-shot examples) is run once per batch.
 * ``cloze``: the log-likelihood of each option's text as a continuation of the question, with
   ``sum``, ``mean`` (per token) or ``char`` (per character) normalisation; the question's
   context is run once and its KV cache reused for every option (as a ``past_key_values``
   prefix), so a question costs one context pass plus K short continuation passes.
+
+``score_permuted`` scores letter-mode prompts whose options are shown in several orders (CAPE):
+the token prefix all orders of a question share (instruction, passage, question) is run once and
+its KV cache continued with each order's option list, so K orders cost far less than K passes.
 
 Batches are length-sorted and left-padded with explicit position ids, so a padded row computes
 exactly what it would alone (up to float rounding).
@@ -130,6 +135,21 @@ def length_batches(lengths: Sequence[int], max_items: int) -> Iterator[list[int]
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     for start in range(0, len(order), max_items):
         yield order[start : start + max_items]
+
+
+SHARED_PREFIX_MIN = 8  # tokens a batch must share before they are run once for all rows
+
+
+def _common_prefix_len(seqs: Sequence[Sequence[int]], keep_last: int = 0) -> int:
+    """Length of the token prefix all ``seqs`` share, leaving each at least ``keep_last`` tokens."""
+    n = min(len(x) for x in seqs) - keep_last
+    first = seqs[0]
+    for other in seqs[1:]:
+        i = 0
+        while i < n and other[i] == first[i]:
+            i += 1
+        n = i
+    return max(n, 0)
 
 
 class HFScorer:
@@ -260,7 +280,76 @@ class HFScorer:
             rows, extra = self._score_letter(task, tmpl, shots)
         else:
             rows, extra = self._score_cloze(task, tmpl, normalization)
-        meta = {
+        return build_scores(task, rows, self._meta(mode, tmpl, shots, extra))
+
+    def score_permuted(
+        self,
+        task: Task,
+        orders: Sequence[Sequence[Sequence[int]]],
+        *,
+        mode: Mode = "letter",
+        template: str | Template = DEFAULT_TEMPLATE,
+        normalization: Normalization = "mean",
+        shots: Sequence[Question] = (),
+    ) -> list[Scores]:
+        """Letter scores of ``task`` with options shown in several orders, one Scores per round.
+
+        ``orders[i]`` lists the orderings of question ``i`` (``order[j]`` = the original option
+        shown at position j); round ``r`` holds, in task order, every question with more than
+        ``r`` orderings, permuted by its ``r``-th one. Each round equals ``score`` of the
+        permuted questions (up to float rounding), but the prompt prefix the orderings share is
+        run once per question.
+        """
+        from llmcal.models.cape import permute_question
+
+        tmpl = check_request(task, mode, template, normalization, shots)
+        if mode != "letter":
+            raise ConfigError("option orderings are scored in letter mode (use --mode letter)")
+        if len(orders) != len(task) or any(len(o) == 0 for o in orders):
+            raise ConfigError("score_permuted needs at least one ordering per question")
+        variants = [
+            [permute_question(q, o) for o in qo] for q, qo in zip(task, orders, strict=True)
+        ]
+        prompts = [[self.render_letter(v, tmpl, shots) for v in vs] for vs in variants]
+        token_ids = self.option_token_ids(
+            prompts[0][0], tmpl.answer_sep, task.max_choices, tmpl.chat
+        )
+        groups: list[tuple[list[int], list[list[int]]]] = []
+        for ps in prompts:
+            encoded = [self._encode(p, tmpl.chat) for p in ps]
+            n = _common_prefix_len(encoded, keep_last=1)
+            groups.append((encoded[0][:n], [e[n:] for e in encoded]))
+        torch = self._torch
+        index = torch.tensor(token_ids, device=self.device)
+        values: list[list[list[float]]] = [[] for _ in task]
+        with self._bar(len(task)) as bar:
+            for batch in length_batches([len(g[0]) for g in groups], self.batch_size):
+                owner = [b for b, i in enumerate(batch) for _ in groups[i][1]]
+                suffixes = [suf for i in batch for suf in groups[i][1]]
+                with torch.inference_mode():
+                    _, cache, mask = self._run_prefixes([groups[i][0] for i in batch])
+                    logits = self._run_on_cache(cache, mask, owner, suffixes, align="left", keep=1)
+                opt = logits[:, -1, :].index_select(-1, index).double().cpu().numpy()
+                row = 0
+                for i in batch:
+                    k = len(task[i].choices)
+                    for _ in groups[i][1]:
+                        values[i].append(opt[row, :k].tolist())
+                        row += 1
+                bar.update(len(batch))
+        result = []
+        for r in range(max(len(o) for o in orders)):
+            keep = [i for i, o in enumerate(orders) if r < len(o)]
+            sub = Task(task.name, [variants[i][r] for i in keep], task.metadata)
+            extra = self._letter_extra(token_ids, prompts[keep[0]][r], tmpl)
+            meta = self._meta(mode, tmpl, shots, extra)
+            result.append(build_scores(sub, [values[i][r] for i in keep], meta))
+        return result
+
+    def _meta(
+        self, mode: Mode, tmpl: Template, shots: Sequence[Question], extra: dict[str, Any]
+    ) -> dict[str, Any]:
+        return {
             "model": self.name,
             "model_source": {"kind": self.source.kind, "location": self._public_location()},
             "adapter": self.adapter,
@@ -274,7 +363,6 @@ class HFScorer:
             "batch_size": self.batch_size,
             **extra,
         }
-        return build_scores(task, rows, meta)
 
     def _public_location(self) -> str:
         return (
@@ -333,22 +421,24 @@ class HFScorer:
         index = torch.tensor(token_ids, device=self.device)
         with self._bar(len(task)) as bar:
             for batch in length_batches([len(e) for e in encoded], self.batch_size):
-                logits = self._forward([encoded[i] for i in batch], keep=1)[:, -1, :]
+                logits = self._last_logits([encoded[i] for i in batch])
                 opt = logits.index_select(-1, index).double().cpu().numpy()
                 for j, i in enumerate(batch):
                     rows[i] = opt[j, : len(task[i].choices)].tolist()
                 bar.update(len(batch))
+        return rows, self._letter_extra(token_ids, prompts[0], tmpl)
+
+    def _letter_extra(self, token_ids: list[int], prompt: str, tmpl: Template) -> dict[str, Any]:
         tokens = self.tokenizer.convert_ids_to_tokens(token_ids)
-        extra = {
+        return {
             "logit_kind": "logits",
             "option_tokens": {
                 letter: {"id": int(t), "token": str(s)}
                 for letter, t, s in zip(LETTERS, token_ids, tokens, strict=False)
             },
             "answer_sep": tmpl.answer_sep,
-            "example_prompt": prompts[0],
+            "example_prompt": prompt,
         }
-        return rows, extra
 
     # -- cloze mode ---------------------------------------------------------------------------
     def encode_cloze(
@@ -409,46 +499,26 @@ class HFScorer:
         rounding), at the cost of one context pass per question instead of one per option.
         """
         torch = self._torch
-        dev = self.device
-        ids, mask, position_ids = self._left_pad([ctx for ctx, _ in batch])
+        owner = [i for i, (_, opts) in enumerate(batch) for _ in opts]
+        conts = [cont for _, opts in batch for cont, _ in opts]
         with torch.inference_mode():
-            out = self.model(
-                input_ids=ids.to(dev),
-                attention_mask=mask.to(dev),
-                position_ids=position_ids.to(dev),
-                logits_to_keep=1,
-                use_cache=True,
-            )
-            first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
-            owner = [i for i, (_, opts) in enumerate(batch) for _ in opts]
-            conts = [cont for _, opts in batch for cont, _ in opts]
+            last, cache, mask = self._run_prefixes([ctx for ctx, _ in batch])
             # the first continuation token is predicted by the context's last position
+            first = torch.log_softmax(last.float(), dim=-1)
             totals = first[owner, [c[0] for c in conts]].double()
-            width = max(len(c) for c in conts) - 1
-            if width > 0:
-                # transformers >= 5.24 names the cache ``cache``, older ones ``past_key_values``
-                cache_name = "cache" if hasattr(out, "cache") else "past_key_values"
-                cache = getattr(out, cache_name)
-                cache.reorder_cache(torch.tensor(owner, device=dev))  # one row per option
-                inp = torch.full((len(conts), width), self.tokenizer.pad_token_id)
-                cont_mask = torch.zeros((len(conts), width), dtype=torch.long)
-                for r, c in enumerate(conts):
-                    inp[r, : len(c) - 1] = torch.tensor(c[:-1])
-                    cont_mask[r, : len(c) - 1] = 1
-                start = mask.sum(-1)[owner]
-                logits = self.model(
-                    input_ids=inp.to(dev),
-                    attention_mask=torch.cat([mask[owner], cont_mask], dim=-1).to(dev),
-                    position_ids=(start[:, None] + torch.arange(width)[None, :]).to(dev),
-                    use_cache=True,
-                    **{cache_name: cache},
-                ).logits
+            if max(len(c) for c in conts) > 1:
+                logits = self._run_on_cache(
+                    cache, mask, owner, [c[:-1] for c in conts], align="right", keep=0
+                )
                 logp = torch.log_softmax(logits.float(), dim=-1)
+                width = logits.shape[1]
                 target = torch.zeros((len(conts), width), dtype=torch.long)
+                real = torch.zeros((len(conts), width), dtype=torch.double)
                 for r, c in enumerate(conts):
                     target[r, : len(c) - 1] = torch.tensor(c[1:])
-                picked = logp.gather(-1, target.to(dev)[..., None])[..., 0].double()
-                totals = totals + (picked * cont_mask.to(dev)).sum(-1)
+                    real[r, : len(c) - 1] = 1.0
+                picked = logp.gather(-1, target.to(self.device)[..., None])[..., 0].double()
+                totals = totals + (picked * real.to(self.device)).sum(-1)
         flat = totals.cpu().tolist()
         result: list[list[float]] = []
         j = 0
@@ -456,6 +526,77 @@ class HFScorer:
             result.append(flat[j : j + len(opts)])
             j += len(opts)
         return result
+
+    def _last_logits(self, seqs: Sequence[Sequence[int]]) -> Any:
+        """Last-position logits of ``seqs``; a prefix they all share (the template's instruction,
+        a system prompt, few-shot examples) is run once and its KV cache reused by every row."""
+        n = _common_prefix_len(seqs, keep_last=1) if len(seqs) > 1 else 0
+        if n < SHARED_PREFIX_MIN:
+            return self._forward(seqs, keep=1)[:, -1, :]
+        torch = self._torch
+        with torch.inference_mode():
+            _, cache, mask = self._run_prefixes([seqs[0][:n]])
+            logits = self._run_on_cache(
+                cache, mask, [0] * len(seqs), [s[n:] for s in seqs], align="left", keep=1
+            )
+        return logits[:, -1, :].float()
+
+    def _run_prefixes(self, prefixes: Sequence[Sequence[int]]) -> tuple[Any, Any, Any]:
+        """Run left-padded ``prefixes`` keeping the KV cache: (last logits, cache, mask).
+
+        Call inside ``torch.inference_mode()``.
+        """
+        dev = self.device
+        ids, mask, position_ids = self._left_pad(prefixes)
+        out = self.model(
+            input_ids=ids.to(dev),
+            attention_mask=mask.to(dev),
+            position_ids=position_ids.to(dev),
+            logits_to_keep=1,
+            use_cache=True,
+        )
+        # transformers >= 5.24 names the cache ``cache``, older ones ``past_key_values``; the
+        # continuation pass passes it back under the same name
+        self._cache_kw = "cache" if hasattr(out, "cache") else "past_key_values"
+        return out.logits[:, -1, :], getattr(out, self._cache_kw), mask
+
+    def _run_on_cache(
+        self,
+        cache: Any,
+        prefix_mask: Any,
+        owner: Sequence[int],
+        suffixes: Sequence[Sequence[int]],
+        *,
+        align: str,
+        keep: int,
+    ) -> Any:
+        """Logits of ``suffixes`` run on top of the cached prefixes (suffix r on ``owner[r]``).
+
+        The cache is repeated to one row per suffix. ``align="right"`` pads suffixes on the right
+        (logits of every position: ``keep=0``); ``"left"`` pads on the left, so ``keep=1``
+        gives every suffix's last position. Positions continue each prefix's own length.
+        """
+        torch = self._torch
+        dev = self.device
+        width = max(len(x) for x in suffixes)
+        inp = torch.full((len(suffixes), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(suffixes), width), dtype=torch.long)
+        for r, x in enumerate(suffixes):
+            cols = slice(0, len(x)) if align == "right" else slice(width - len(x), width)
+            inp[r, cols] = torch.tensor(x, dtype=torch.long)
+            mask[r, cols] = 1
+        rows = torch.tensor(list(owner))
+        cache.reorder_cache(rows.to(dev))
+        start = prefix_mask.sum(-1)[rows]
+        position_ids = start[:, None] + (mask.cumsum(-1) - 1).clamp(min=0)
+        return self.model(
+            input_ids=inp.to(dev),
+            attention_mask=torch.cat([prefix_mask[rows], mask], dim=-1).to(dev),
+            position_ids=position_ids.to(dev),
+            logits_to_keep=keep,
+            use_cache=True,
+            **{self._cache_kw: cache},
+        ).logits
 
     @staticmethod
     def _normalize(logp: float, n_tokens: int, n_chars: int, how: Normalization) -> float:
