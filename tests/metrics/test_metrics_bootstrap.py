@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from llmcal.errors import ConfigError, DataError
 from llmcal.metrics import (
     accuracy,
     auroc,
+    bootstrap,
     bootstrap_ci,
     bootstrap_distribution,
     brier,
@@ -184,3 +186,40 @@ def test_width_path_resamples_confidences_within_cells(decimals: int | None) -> 
     fast = bootstrap_distribution(ece, c, y, n_resamples=2000, seed=1, n_bins=1)
     assert fast.std() == pytest.approx(c.std() / math.sqrt(2000), rel=0.1)
     _compare(fast, 1.0 - resampled_means(c, np.random.default_rng(2), 2000))
+
+
+@pytest.mark.parametrize(
+    ("metric", "kwargs"),
+    [(ece, {}), (ece, {"binning": "mass", "norm": "l2"}), (mce, {}), (accuracy, None), (nll, None)],
+)
+def test_result_does_not_depend_on_the_thread_count(
+    metric: Callable[..., float], kwargs: dict | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # small chunks: 300 resamples of 500 rows are spread over 75 chunks, each with its own
+    # spawned generator, so 1, 3 and 8 threads must give bit-identical distributions
+    monkeypatch.setattr(bootstrap, "CHUNK_ELEMENTS", 2000)
+    if kwargs is None:
+        rng = np.random.default_rng(8)
+        p = softmax(rng.normal(size=(500, 3)) * 2)
+        args: tuple = (p, rng.integers(0, 3, size=500))
+        kwargs = {}
+    else:
+        args = _data(8, 500)
+    runs = [
+        bootstrap_distribution(metric, *args, n_resamples=300, seed=11, workers=w, **kwargs)
+        for w in (1, 3, 8)
+    ]
+    assert len(bootstrap.chunk_plan(500, 300, 11)) == 75
+    assert runs[0].shape == (300,) and np.unique(runs[0]).size > 50
+    np.testing.assert_array_equal(runs[0], runs[1])
+    np.testing.assert_array_equal(runs[0], runs[2])
+    assert bootstrap_ci(metric, *args, n_resamples=300, seed=11, workers=2, **kwargs) == (
+        bootstrap_ci(metric, *args, n_resamples=300, seed=11, workers=1, **kwargs)
+    )
+
+
+def test_workers_must_be_a_positive_integer() -> None:
+    c, y = _data(1, 50)
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ConfigError, match="workers"):
+            bootstrap_distribution(ece, c, y, workers=bad)

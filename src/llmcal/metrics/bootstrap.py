@@ -17,9 +17,14 @@ stays bounded, in ways that are exact in distribution:
 * means of per-row scores (accuracy, Brier, NLL): a multinomial over the distinct values where
   there are few, otherwise gathered draws.
 
-Any other callable is evaluated once per resample on the resampled arrays. Results are a
-deterministic function of ``seed``, the data and ``n_resamples``; different metrics draw their
-resamples differently, so equal seeds do not give row-identical resamples across metrics.
+Any other callable is evaluated once per resample on the resampled arrays.
+
+Resamples are drawn in chunks of about ``CHUNK_ELEMENTS`` row draws; chunk ``i`` has its own
+generator, ``SeedSequence(seed).spawn(n_chunks)[i]``, so the built-in kernels run chunks on
+``workers`` threads (numpy releases the GIL while drawing and summing) and the result is a
+deterministic function of ``seed``, the data and ``n_resamples`` whatever the thread count.
+Different metrics draw their resamples differently, so equal seeds do not give row-identical
+resamples across metrics.
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ import functools
 import inspect
 import math
 import operator
+import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -52,7 +59,10 @@ __all__ = ["bootstrap_ci", "bootstrap_distribution"]
 #: Draws held in memory at once (rows × resamples per chunk).
 CHUNK_ELEMENTS = 1 << 22
 
-Kernel = Callable[[Callable[..., float], dict[str, Any], np.random.Generator, int], FloatArray]
+#: One chunk of resamples: how many, and the generator that draws them.
+Chunk = tuple[int, np.random.Generator]
+Kernel = Callable[[Callable[..., float], dict[str, Any], list[Chunk], int], FloatArray]
+T = TypeVar("T")
 
 
 def bootstrap_ci(
@@ -61,19 +71,22 @@ def bootstrap_ci(
     n_resamples: int = 1000,
     alpha: float = 0.05,
     seed: int | None = 0,
+    workers: int | None = None,
     **metric_kwargs: Any,
 ) -> tuple[float, float, float]:
     """``(estimate, low, high)``: the metric and its percentile bootstrap interval.
 
     ``arrays`` are the per-row inputs of ``metric`` (resampled together, along their first
-    axis); metric options go in ``metric_kwargs`` (or a ``functools.partial``).
+    axis); metric options go in ``metric_kwargs`` (or a ``functools.partial``). ``workers``
+    threads draw the resamples of built-in metrics (default: the usable CPUs); the result does
+    not depend on it.
     """
     if not (isinstance(alpha, float | int) and 0.0 < alpha < 1.0):
         raise ConfigError(f"alpha must be in (0, 1), got {alpha!r}")
     _check_request(metric, n_resamples, metric_kwargs)
     estimate = float(metric(*arrays, **metric_kwargs))
     stats = bootstrap_distribution(
-        metric, *arrays, n_resamples=n_resamples, seed=seed, **metric_kwargs
+        metric, *arrays, n_resamples=n_resamples, seed=seed, workers=workers, **metric_kwargs
     )
     stats = stats[~np.isnan(stats)]
     if stats.size == 0:
@@ -87,10 +100,12 @@ def bootstrap_distribution(
     *arrays: npt.ArrayLike,
     n_resamples: int = 1000,
     seed: int | None = 0,
+    workers: int | None = None,
     **metric_kwargs: Any,
 ) -> FloatArray:
-    """The metric on ``n_resamples`` bootstrap resamples of the rows (seeded)."""
+    """The metric on ``n_resamples`` bootstrap resamples of the rows (seeded; see the module)."""
     n_resamples = _check_request(metric, n_resamples, metric_kwargs)
+    n_workers = _check_workers(workers)
     if not arrays:
         raise ConfigError("bootstrap_ci needs the metric's per-row arrays")
     data = [np.asarray(a) for a in arrays]
@@ -105,13 +120,46 @@ def bootstrap_distribution(
     if any(a.shape[0] != n for a in data):
         raise DataError(f"arrays have different lengths {[a.shape[0] for a in data]}")
     func, kwargs = _unwrap(metric, metric_kwargs)
-    rng = np.random.default_rng(seed)
+    plan = chunk_plan(n, n_resamples, seed)
     kernel = _KERNELS.get(func)
     if kernel is not None:
         bound = inspect.signature(func).bind(*data, **kwargs)
         bound.apply_defaults()
-        return kernel(func, dict(bound.arguments), rng, n_resamples)
-    return _generic(func, data, kwargs, rng, n_resamples)
+        return kernel(func, dict(bound.arguments), plan, n_workers)
+    return _generic(func, data, kwargs, plan)
+
+
+def chunk_plan(n: int, n_resamples: int, seed: int | None) -> list[Chunk]:
+    """Chunks of resamples of ``n`` rows, each with its own generator spawned from ``seed``."""
+    sizes = list(_chunks(n, n_resamples))
+    children = np.random.SeedSequence(seed).spawn(len(sizes))
+    return [(r, np.random.default_rng(c)) for r, c in zip(sizes, children, strict=True)]
+
+
+def map_chunks(
+    fn: Callable[[int, np.random.Generator], T], plan: list[Chunk], workers: int
+) -> list[T]:
+    """``fn(size, rng)`` for every chunk, in plan order, on up to ``workers`` threads."""
+    if workers <= 1 or len(plan) <= 1:
+        return [fn(r, rng) for r, rng in plan]
+    with ThreadPoolExecutor(min(workers, len(plan))) as pool:
+        return list(pool.map(lambda chunk: fn(*chunk), plan))
+
+
+def default_workers() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _check_workers(workers: Any) -> int:
+    if workers is None:
+        return default_workers()
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be a positive integer or None, got {workers!r}")
+    return workers
 
 
 def check_resamples(n_resamples: Any) -> int:
@@ -151,23 +199,25 @@ def _generic(
     func: Callable[..., float],
     data: list[npt.NDArray[Any]],
     kwargs: dict[str, Any],
-    rng: np.random.Generator,
-    n_resamples: int,
+    plan: list[Chunk],
 ) -> FloatArray:
     n = data[0].shape[0]
     out: list[float] = []
-    for r in _chunks(n, n_resamples):
+    for r, rng in plan:
         idx = rng.integers(0, n, size=(r, n))
-        # an arbitrary callable has no batched form, so this loop is the fallback
+        # an arbitrary callable has no batched form (nor known thread safety): a plain loop
         out.extend(float(func(*(a[row] for a in data), **kwargs)) for row in idx)
     return np.asarray(out, dtype=np.float64)
 
 
 # -- binned calibration errors ---------------------------------------------------------------------
+Sums = tuple[FloatArray, FloatArray, FloatArray]
+
+
 def _width_bin_sums(
-    conf: FloatArray, corr: FloatArray, n_bins: int, rng: np.random.Generator, n_resamples: int
-) -> Iterator[tuple[FloatArray, FloatArray, FloatArray]]:
-    """Per chunk: resampled per-bin (count, Σ correct, Σ (correct − conf)), each r × B."""
+    conf: FloatArray, corr: FloatArray, n_bins: int
+) -> Callable[[int, np.random.Generator], Sums]:
+    """A chunk function: resampled per-bin (count, Σ correct, Σ (correct − conf)), each r × B."""
     n = conf.shape[0]
     cell = 2 * cal.width_bin_index(conf, n_bins) + corr.astype(np.int64)
     order = np.argsort(cell, kind="stable")
@@ -183,7 +233,8 @@ def _width_bin_sums(
         values, freq = np.unique(cells[j], return_counts=True)
         if values.shape[0] * 8 <= size[j]:
             few[j] = (values, freq / size[j])
-    for r in _chunks(n, n_resamples):
+
+    def chunk(r: int, rng: np.random.Generator) -> Sums:
         counts = rng.multinomial(n, p, size=r)
         conf_sums = np.zeros((r, 2 * n_bins))
         for j in np.flatnonzero(size):
@@ -201,7 +252,9 @@ def _width_bin_sums(
             conf_sums[took, j] = np.add.reduceat(drawn, offsets)
         count_b = (counts[:, 0::2] + counts[:, 1::2]).astype(np.float64)
         hits_b = counts[:, 1::2].astype(np.float64)
-        yield count_b, hits_b, hits_b - (conf_sums[:, 0::2] + conf_sums[:, 1::2])
+        return count_b, hits_b, hits_b - (conf_sums[:, 0::2] + conf_sums[:, 1::2])
+
+    return chunk
 
 
 def mass_bin_sums(
@@ -227,16 +280,19 @@ def mass_bin_sums(
 
 
 def _mass_bin_sums(
-    conf: FloatArray, corr: FloatArray, n_bins: int, rng: np.random.Generator, n_resamples: int
-) -> Iterator[tuple[FloatArray, FloatArray, FloatArray]]:
+    conf: FloatArray, corr: FloatArray, n_bins: int
+) -> Callable[[int, np.random.Generator], Sums]:
     n = conf.shape[0]
     order = np.argsort(conf)
     conf_s, corr_s = conf[order], corr[order]
+
     # rows are exchangeable under resampling, so counts are drawn directly in sorted order
-    for r in _chunks(n, n_resamples):
+    def chunk(r: int, rng: np.random.Generator) -> Sums:
         draws = rng.integers(0, n, size=(r, n)) + n * np.arange(r)[:, None]
         counts = np.bincount(draws.ravel(), minlength=r * n).reshape(r, n)
-        yield mass_bin_sums(conf_s, corr_s, n_bins, counts)
+        return mass_bin_sums(conf_s, corr_s, n_bins, counts)
+
+    return chunk
 
 
 def _reduce_ce(
@@ -265,42 +321,55 @@ def _reduce_ce(
 
 
 def _binned_kernel(
-    func: Callable[..., float], args: dict[str, Any], rng: np.random.Generator, n_resamples: int
+    func: Callable[..., float], args: dict[str, Any], plan: list[Chunk], workers: int
 ) -> FloatArray:
     conf, corr, _ = top_label(args["confidence"], args["correct"])
     n_bins = check_n_bins(args["n_bins"])
     check_binning(args["binning"])
     check_norm(args.get("norm", "l1"))
-    sums = _width_bin_sums if args["binning"] == "width" else _mass_bin_sums
+    sums = (_width_bin_sums if args["binning"] == "width" else _mass_bin_sums)(conf, corr, n_bins)
     n = float(conf.shape[0])
-    parts = [
-        _reduce_ce(func, args, weight, hits, resid, n)
-        for weight, hits, resid in sums(conf, corr, n_bins, rng, n_resamples)
-    ]
-    return np.concatenate(parts)
+
+    def chunk(r: int, rng: np.random.Generator) -> FloatArray:
+        return _reduce_ce(func, args, *sums(r, rng), n)
+
+    return np.concatenate(map_chunks(chunk, plan, workers))
 
 
 # -- means of per-row scores -----------------------------------------------------------------------
 def resampled_means(values: FloatArray, rng: np.random.Generator, n_resamples: int) -> FloatArray:
-    """Means of ``values`` over bootstrap resamples."""
+    """Means of ``values`` over bootstrap resamples (one generator, memory-bounded chunks)."""
+    fn = _means(values)
+    return np.concatenate([fn(r, rng) for r in _chunks(values.shape[0], n_resamples)])
+
+
+def _means(values: FloatArray) -> Callable[[int, np.random.Generator], FloatArray]:
+    """A chunk function: means of ``values`` over r resamples."""
     n = values.shape[0]
     distinct, inverse = np.unique(values, return_inverse=True)
     if distinct.shape[0] <= 256:
         # few distinct values (accuracy, ties): resample the value counts in one multinomial
         freq = np.bincount(inverse.ravel(), minlength=distinct.shape[0]) / n
-        counts = rng.multinomial(n, freq, size=n_resamples)
-        # where() keeps a value that was not drawn out of the sum even when it is inf (NLL)
-        drawn = np.where(counts > 0, counts * distinct, 0.0)
-        return np.asarray(drawn.sum(axis=1) / n, dtype=np.float64)
-    out = [values[rng.integers(0, n, size=(r, n))].mean(axis=1) for r in _chunks(n, n_resamples)]
-    return np.concatenate(out)
+
+        def few(r: int, rng: np.random.Generator) -> FloatArray:
+            counts = rng.multinomial(n, freq, size=r)
+            # where() keeps a value that was not drawn out of the sum even when it is inf (NLL)
+            drawn = np.where(counts > 0, counts * distinct, 0.0)
+            return np.asarray(drawn.sum(axis=1) / n, dtype=np.float64)
+
+        return few
+
+    def gathered(r: int, rng: np.random.Generator) -> FloatArray:
+        return np.asarray(values[rng.integers(0, n, size=(r, n))].mean(axis=1), dtype=np.float64)
+
+    return gathered
 
 
 def _mean_kernel(per_row: Callable[[dict[str, Any]], FloatArray]) -> Kernel:
     def kernel(
-        func: Callable[..., float], args: dict[str, Any], rng: np.random.Generator, n_resamples: int
+        func: Callable[..., float], args: dict[str, Any], plan: list[Chunk], workers: int
     ) -> FloatArray:
-        return resampled_means(per_row(args), rng, n_resamples)
+        return np.concatenate(map_chunks(_means(per_row(args)), plan, workers))
 
     return kernel
 
