@@ -1,10 +1,16 @@
 """Post-hoc calibration on real tasks: supervised calibrators, CAPE and DACA (label-free).
 
-PoLM SmolLM2-135M-Instruct with reference (PLM) Gemma-3-270M, on seeded subsets of ARC-Easy,
-ARC-Challenge, OpenBookQA, BoolQ and MMLU, letter and cloze scoring, five seeded 30 % / 70 %
-calibration / test splits. Scores are cached in benchmarks/cache/ (shared with scoring.py), so
-re-running only the calibrator part takes seconds. Writes benchmarks/results/posthoc.{json,md}
-and posthoc_selective.png. Usage: python benchmarks/posthoc.py [--limit 500] [--seeds 5]
+Two model pairs on seeded subsets of ARC-Easy, ARC-Challenge, OpenBookQA, BoolQ and MMLU, five
+seeded 30 % / 70 % calibration / test splits:
+
+* cross-family: PoLM SmolLM2-135M-Instruct, reference (PLM) Gemma-3-270M; letter and cloze;
+* within-family: PoLM = Gemma-3-270M with a LoRA letter-format fine-tune (made by
+  ``llmcal finetune`` on CommonsenseQA, a task outside the benchmark; see WITHIN_ADAPTER),
+  reference = Gemma-3-270M itself; letter mode (the format the fine-tune learnt).
+
+Scores are cached in benchmarks/cache/ (fill it with warm_cache.py), so re-running only the
+calibrator part takes seconds. Writes benchmarks/results/posthoc.{json,md} and
+posthoc_selective.png. Usage: python benchmarks/posthoc.py [--limit 1000] [--seeds 5]
 """
 
 from __future__ import annotations
@@ -12,11 +18,12 @@ from __future__ import annotations
 import argparse
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from common import RESULTS, cached_scores, md_table, write_results
+from common import CACHE, RESULTS, cached_scores, md_table, write_results
 from llmcal.calibrate import (
     DACA,
     HistogramBinning,
@@ -33,6 +40,19 @@ from llmcal.scores import Scores
 TASKS = ("arc_easy", "arc_challenge", "openbook_qa", "boolq", "mmlu")
 MODES = ("letter", "cloze")
 NORMALIZATION = "sum"  # cloze: summed log-likelihood (lm-eval's "acc")
+#: The within-family PoLM, made with (about 25 CPU-minutes):
+#: llmcal finetune --model gemma3-270m --task commonsense_qa --data-dir ../shared/data --method sft
+#:   --lr 3e-4 --batch-size 8 --max-steps 120 --test-fraction 0.1 --seed 0 --out WITHIN_ADAPTER
+WITHIN_ADAPTER = CACHE / "adapters" / "gemma3-270m-csqa-letter-sft"
+PAIRS = {
+    "cross": {"polm": ALIGNED_MODEL, "adapter": None, "plm": BASE_MODEL, "modes": MODES},
+    "within": {
+        "polm": BASE_MODEL,
+        "adapter": WITHIN_ADAPTER,
+        "plm": BASE_MODEL,
+        "modes": ("letter",),
+    },
+}
 THRESHOLDS = tuple(np.round(np.arange(0.30, 0.96, 0.05), 2).tolist())
 METHODS = (
     "vanilla", "TS", "VS", "MS", "histogram", "isotonic", "CAPE",
@@ -137,54 +157,75 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values))
 
 
+def evaluate_pair(
+    pair: str, spec: dict[str, Any], adapter: str | None, task: str, mode: str, args: Any
+) -> dict[str, Any]:
+    """Every method on every split of one (pair, task, mode), aggregated over the splits."""
+    limit = args.within_limit if pair == "within" and args.within_limit else args.limit
+    polm = cached_scores(
+        spec["polm"], task, mode, limit, normalization=NORMALIZATION, adapter=adapter
+    )
+    plm = cached_scores(spec["plm"], task, mode, limit, normalization=NORMALIZATION)
+    cape = None
+    if pair == "cross" and mode == "letter" and not args.no_cape:
+        cape = cached_scores(spec["polm"], task, mode, limit, permutations="cyclic")
+    per_seed = [run_split(polm, plm, cape, seed) for seed in range(args.seeds)]
+    row: dict[str, Any] = {"pair": pair, "task": task, "mode": mode, "n": len(polm)}
+    row["methods"] = {}
+    for method in METHODS:
+        runs = [m[method] for m, _, _ in per_seed if method in m]
+        if runs:
+            row["methods"][method] = {key: mean_std([r[key] for r in runs]) for key in runs[0]}
+            row["methods"][method]["splits"] = len(runs)
+    row["fits"] = [f for _, f, _ in per_seed]
+    row["tau"] = {
+        name: mean_std([f[name]["tau"] for _, f, _ in per_seed if f.get(name, {}).get("tau")])
+        for name in ("TS", "DACA", "naive", "disagree")
+        if any(f.get(name, {}).get("tau") for _, f, _ in per_seed)
+    }
+    row["agreement"] = float(np.mean(polm.predictions() == plm.predictions()))
+    row["curves"] = mean_curves([s for _, _, s in per_seed])
+    return row
+
+
 def main() -> None:
     """Score (cached), calibrate on every split, aggregate, write results."""
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--limit", type=int, default=500)
+    ap.add_argument("--limit", type=int, default=1000)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--tasks", nargs="+", default=list(TASKS))
     ap.add_argument("--modes", nargs="+", default=list(MODES))
+    ap.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
+    ap.add_argument("--within-limit", type=int, help="subset size of pair 2 (default --limit)")
     ap.add_argument("--no-cape", action="store_true")
     args = ap.parse_args()
+    if "within" in args.pairs and not (WITHIN_ADAPTER / "adapter_config.json").is_file():
+        print(f"no adapter at {WITHIN_ADAPTER}: skipping the within-family pair", flush=True)
+        args.pairs.remove("within")
 
     results: list[dict[str, Any]] = []
     curves: dict[str, Any] = {}
-    for task in args.tasks:
-        for mode in args.modes:
-            polm = cached_scores(ALIGNED_MODEL, task, mode, args.limit, normalization=NORMALIZATION)
-            plm = cached_scores(BASE_MODEL, task, mode, args.limit, normalization=NORMALIZATION)
-            cape = None
-            if mode == "letter" and not args.no_cape:
-                cape = cached_scores(ALIGNED_MODEL, task, mode, args.limit, permutations="cyclic")
-            per_seed = [run_split(polm, plm, cape, seed) for seed in range(args.seeds)]
-            row: dict[str, Any] = {"task": task, "mode": mode, "n": len(polm), "methods": {}}
-            for method in METHODS:
-                runs = [m[method] for m, _, _ in per_seed if method in m]
-                if not runs:
-                    continue
-                row["methods"][method] = {
-                    key: mean_std([r[key] for r in runs]) for key in runs[0]
-                } | {"splits": len(runs)}
-            row["fits"] = [f for _, f, _ in per_seed]
-            row["tau"] = {
-                name: mean_std(
-                    [f[name]["tau"] for _, f, _ in per_seed if f.get(name, {}).get("tau")]
-                )
-                for name in ("TS", "DACA", "naive", "disagree")
-                if any(f.get(name, {}).get("tau") for _, f, _ in per_seed)
-            }
-            row["agreement"] = float(np.mean(polm.predictions() == plm.predictions()))
-            results.append(row)
-            curves[f"{task}/{mode}"] = mean_curves([s for _, _, s in per_seed])
-            print(f"done {task}/{mode}", flush=True)
+    for pair in args.pairs:
+        spec = PAIRS[pair]
+        adapter = str(spec["adapter"]) if spec["adapter"] else None
+        for task in args.tasks:
+            for mode in [m for m in args.modes if m in spec["modes"]]:
+                row = evaluate_pair(pair, spec, adapter, task, mode, args)
+                results.append(row)
+                curves[f"{pair}/{task}/{mode}"] = row.pop("curves")
+                print(f"done {pair} {task}/{mode}", flush=True)
 
     write_results(
         "posthoc",
         {
             "limit": args.limit,
+            "within_limit": args.within_limit or args.limit,
             "seeds": args.seeds,
-            "polm": ALIGNED_MODEL,
-            "plm": BASE_MODEL,
+            "pairs": {
+                k: {**v, "adapter": v["adapter"] and Path(v["adapter"]).name}
+                for k, v in PAIRS.items()
+                if k in args.pairs
+            },
             "cloze_normalization": NORMALIZATION,
             "thresholds": list(THRESHOLDS),
             "results": results,
@@ -203,21 +244,30 @@ def fmt(ms: tuple[float, float], scale: float = 1.0, digits: int = 2) -> str:
 def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     """The Markdown deliverable."""
     md = [
-        "# Post-hoc calibration: SmolLM2-135M-Instruct (PoLM) with Gemma-3-270M as DACA's reference",
+        "# Post-hoc calibration with and without labels: scaling, binning, CAPE, DACA",
         "",
-        f"Seeded subsets of at most {args.limit} questions per task (OpenBookQA has 500), template "
+        f"Seeded subsets of at most {args.limit} questions per task (OpenBookQA has 500; pair 2: "
+        f"{args.within_limit or args.limit}), template "
         f"daca1; cloze = summed log-likelihood. {args.seeds} seeded 30 % / 70 % calibration / test "
         "splits; mean ± std over splits. ECE in % (equal-width bins), Brier = multi-class "
         "Σ(p−y)², NLL in nats. Supervised methods (TS, VS, MS, histogram, isotonic) use the "
         "calibration labels; CAPE (cyclic option permutations, letter mode only) and DACA / naive / "
-        "disagree use none. `reference` is the base model's own calibration on the same test "
+        "disagree use none. `reference` is the reference model's own calibration on the same test "
         "questions. MS uses ODIR regularisation (λ = 0.01 off-diagonal and bias).",
+        "",
+        "* **Pair 1, cross-family**: PoLM SmolLM2-135M-Instruct, reference Gemma-3-270M (base).",
+        "* **Pair 2, within-family**: PoLM = Gemma-3-270M + a LoRA letter-format fine-tune "
+        f"(`{WITHIN_ADAPTER.name}`: SFT on CommonsenseQA, 120 steps × 8, r = 8, lr 3e-4; the "
+        "benchmark tasks are not in its training data), reference = Gemma-3-270M itself. Letter "
+        "mode only (the format it was fine-tuned on); no CAPE.",
         "",
     ]
     header = ["method", "acc %", "conf %", "ECE10 %", "ECE15 %", "Brier", "NLL"]
+    titles = {"cross": "Pair 1 (SmolLM2 vs Gemma)", "within": "Pair 2 (Gemma+LoRA vs Gemma)"}
     for row in results:
         md += [
-            f"## {row['task']} · {row['mode']} (n = {row['n']}, models agree on {row['agreement']:.0%})",
+            f"## {titles[row['pair']]} · {row['task']} · {row['mode']} (n = {row['n']}, "
+            f"models agree on {row['agreement']:.0%})",
             "",
         ]
         rows = []
@@ -242,40 +292,51 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             and t["disagree"][0] > t["naive"][0] > t["DACA"][0]
         )
         trows.append(
-            [
-                row["task"],
-                row["mode"],
-                get("TS"),
-                get("DACA"),
-                get("naive"),
-                get("disagree"),
-                "yes" if order else "no",
-            ]
-        )
+            [row["pair"], row["task"], row["mode"], get("TS"), get("DACA"), get("naive"),
+             get("disagree"), "yes" if order else "no"]
+        )  # fmt: skip
     md += [
         md_table(
-            ["task", "mode", "τ TS (labels)", "τ DACA", "τ naive", "τ disagree", "order holds"],
+            [
+                "pair",
+                "task",
+                "mode",
+                "τ TS (labels)",
+                "τ DACA",
+                "τ naive",
+                "τ disagree",
+                "order holds",
+            ],
             trows,
         ),
         "",
     ]
-    md += ["Within-family pair (Gemma-3-270M base vs a LoRA letter-format fine-tune of it): not yet "
-           "available — it needs the fine-tuning issue.", ""]  # fmt: skip
+    md += ["## ECE10 % at a glance (mean over splits)", ""]
+    glance = ["vanilla", "TS", "CAPE", "DACA", "naive", "disagree", "reference"]
+    grows = [
+        [r["pair"], r["task"], r["mode"]]
+        + [f"{r['methods'][m]['ece10'][0] * 100:.2f}" if m in r["methods"] else "–" for m in glance]
+        for r in results
+    ]
+    md += [md_table(["pair", "task", "mode", *glance], grows), ""]
+    if not any(r["pair"] == "within" for r in results):
+        md += [f"Pair 2 (within-family) was not run: no adapter at {WITHIN_ADAPTER}.", ""]
     return "\n".join(md)
 
 
 def plot_selective(curves: dict[str, Any]) -> None:
-    """Selective accuracy vs confidence threshold, one panel per task/mode."""
+    """Selective accuracy vs confidence threshold, one panel per pair/task/mode."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
     keys = list(curves)
-    fig = Figure(figsize=(3.2 * len(keys) / 2 + 1, 6.4), dpi=110)
-    cols = (len(keys) + 1) // 2
+    cols = min(5, len(keys))
+    rows = -(-len(keys) // cols)
+    fig = Figure(figsize=(3.2 * cols, 3.1 * rows), dpi=110)
     for i, key in enumerate(keys):
-        ax = fig.add_subplot(2, cols, i + 1)
+        ax = fig.add_subplot(rows, cols, i + 1)
         for name, color in (("vanilla", "#0072B2"), ("DACA", "#009E73"), ("TS", "#CC79A7")):
             if name in curves[key]:
                 ax.plot(THRESHOLDS, curves[key][name], marker="o", ms=3, label=name, color=color)
