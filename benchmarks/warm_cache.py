@@ -5,8 +5,8 @@ machine fully and, unlike two × two threads, do not thrash when something else 
     OMP_NUM_THREADS=1 python benchmarks/warm_cache.py smollm2-135m-instruct --limit 1000 &
     OMP_NUM_THREADS=1 python benchmarks/warm_cache.py gemma3-270m --limit 1000 &
 Letter mode for every task comes first, then cloze, then CAPE (aligned model only), so an
-interrupted run has the cheapest complete results. ``--adapter DIR`` scores a LoRA fine-tune
-(the within-family PoLM of posthoc.py).
+interrupted run has the cheapest complete results (``--modes`` with no mode: CAPE only).
+``--adapter DIR`` scores a LoRA fine-tune (the within-family PoLM of posthoc.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def main() -> None:
     ap.add_argument("model")
     ap.add_argument("--limit", type=int, default=1000)
     ap.add_argument("--tasks", nargs="+", default=list(TASKS))
-    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    ap.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
     ap.add_argument("--adapter", help="LoRA adapter directory to score on top of the model")
     ap.add_argument("--no-cape", action="store_true")
     args = ap.parse_args()
