@@ -40,11 +40,13 @@ def cached_scores(
     normalization: str = "mean",
     adapter: str | None = None,
     permutations: str | None = None,
-) -> Scores:
+    compute: bool = True,
+) -> Scores | None:
     """Scores of ``model`` on a seeded subset of ``task``, computed once and cached as Parquet.
 
     ``meta["seconds"]`` holds the scoring wall time of the run that produced the file (None when
     sliced from a larger cached run). Speed figures come from throughput.py, not from here.
+    With ``compute=False`` a run that is not in the cache gives None instead of being scored.
     """
     from llmcal.tasks import load_task
 
@@ -77,6 +79,8 @@ def cached_scores(
         bigger = Scores.load(other)
         if set(t.ids) <= set(bigger.ids.tolist()):
             return bigger.by_ids(t.ids).replace(meta={"seconds": None, "sliced_from": other.name})
+    if not compute:
+        return None
     s = scorer(model) if adapter is None else _adapter_scorer(model, adapter)
     start = time.perf_counter()
     kwargs = {"mode": mode, "template": template, "normalization": normalization}

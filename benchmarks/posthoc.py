@@ -44,7 +44,7 @@ NORMALIZATION = "sum"  # cloze: summed log-likelihood (lm-eval's "acc")
 #: llmcal finetune --model gemma3-270m --task commonsense_qa --data-dir ../shared/data --method sft
 #:   --lr 3e-4 --batch-size 8 --max-steps 120 --test-fraction 0.1 --seed 0 --out WITHIN_ADAPTER
 WITHIN_ADAPTER = CACHE / "adapters" / "gemma3-270m-csqa-letter-sft"
-PAIRS = {
+PAIRS: dict[str, dict[str, Any]] = {
     "cross": {"polm": ALIGNED_MODEL, "adapter": None, "plm": BASE_MODEL, "modes": MODES},
     "within": {
         "polm": BASE_MODEL,
@@ -159,16 +159,22 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def evaluate_pair(
     pair: str, spec: dict[str, Any], adapter: str | None, task: str, mode: str, args: Any
-) -> dict[str, Any]:
-    """Every method on every split of one (pair, task, mode), aggregated over the splits."""
+) -> dict[str, Any] | None:
+    """Every method on every split of one (pair, task, mode), aggregated over the splits.
+
+    None when ``--cached-only`` and the scores of either model are not in the cache.
+    """
     limit = args.within_limit if pair == "within" and args.within_limit else args.limit
-    polm = cached_scores(
-        spec["polm"], task, mode, limit, normalization=NORMALIZATION, adapter=adapter
-    )
-    plm = cached_scores(spec["plm"], task, mode, limit, normalization=NORMALIZATION)
+    if mode == "cloze" and args.cloze_limit:
+        limit = args.cloze_limit
+    kw: dict[str, Any] = {"normalization": NORMALIZATION, "compute": not args.cached_only}
+    polm = cached_scores(spec["polm"], task, mode, limit, adapter=adapter, **kw)
+    plm = cached_scores(spec["plm"], task, mode, limit, **kw)
+    if polm is None or plm is None:
+        return None
     cape = None
     if pair == "cross" and mode == "letter" and not args.no_cape:
-        cape = cached_scores(spec["polm"], task, mode, limit, permutations="cyclic")
+        cape = cached_scores(spec["polm"], task, mode, limit, permutations="cyclic", **kw)
     per_seed = [run_split(polm, plm, cape, seed) for seed in range(args.seeds)]
     row: dict[str, Any] = {"pair": pair, "task": task, "mode": mode, "n": len(polm)}
     row["methods"] = {}
@@ -198,6 +204,10 @@ def main() -> None:
     ap.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
     ap.add_argument("--within-limit", type=int, help="subset size of pair 2 (default --limit)")
     ap.add_argument("--no-cape", action="store_true")
+    ap.add_argument("--cloze-limit", type=int, help="subset size in cloze mode (default --limit)")
+    ap.add_argument(
+        "--cached-only", action="store_true", help="skip runs not in the cache instead of scoring"
+    )
     args = ap.parse_args()
     if "within" in args.pairs and not (WITHIN_ADAPTER / "adapter_config.json").is_file():
         print(f"no adapter at {WITHIN_ADAPTER}: skipping the within-family pair", flush=True)
@@ -205,12 +215,17 @@ def main() -> None:
 
     results: list[dict[str, Any]] = []
     curves: dict[str, Any] = {}
+    missing: list[str] = []
     for pair in args.pairs:
         spec = PAIRS[pair]
         adapter = str(spec["adapter"]) if spec["adapter"] else None
         for task in args.tasks:
             for mode in [m for m in args.modes if m in spec["modes"]]:
                 row = evaluate_pair(pair, spec, adapter, task, mode, args)
+                if row is None:
+                    missing.append(f"{pair} {task}/{mode}")
+                    print(f"not cached: {pair} {task}/{mode}", flush=True)
+                    continue
                 results.append(row)
                 curves[f"{pair}/{task}/{mode}"] = row.pop("curves")
                 print(f"done {pair} {task}/{mode}", flush=True)
@@ -228,10 +243,12 @@ def main() -> None:
             },
             "cloze_normalization": NORMALIZATION,
             "thresholds": list(THRESHOLDS),
+            "cloze_limit": args.cloze_limit or args.limit,
+            "not_cached": missing,
             "results": results,
             "selective_accuracy": curves,
         },
-        render(results, args),
+        render(results, args, missing),
     )
     plot_selective(curves)
 
@@ -241,13 +258,14 @@ def fmt(ms: tuple[float, float], scale: float = 1.0, digits: int = 2) -> str:
     return f"{ms[0] * scale:.{digits}f} ± {ms[1] * scale:.{digits}f}"
 
 
-def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+def render(results: list[dict[str, Any]], args: argparse.Namespace, missing: list[str]) -> str:
     """The Markdown deliverable."""
     md = [
         "# Post-hoc calibration with and without labels: scaling, binning, CAPE, DACA",
         "",
-        f"Seeded subsets of at most {args.limit} questions per task (OpenBookQA has 500; pair 2: "
-        f"{args.within_limit or args.limit}), template "
+        f"Seeded subsets of at most {args.limit} questions per task (OpenBookQA has 500; cloze "
+        f"mode: {args.cloze_limit or args.limit}; pair 2: {args.within_limit or args.limit}), "
+        "the smaller subsets being prefixes of the larger ones; template "
         f"daca1; cloze = summed log-likelihood. {args.seeds} seeded 30 % / 70 % calibration / test "
         "splits; mean ± std over splits. ECE in % (equal-width bins), Brier = multi-class "
         "Σ(p−y)², NLL in nats. Supervised methods (TS, VS, MS, histogram, isotonic) use the "
@@ -319,6 +337,12 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         for r in results
     ]
     md += [md_table(["pair", "task", "mode", *glance], grows), ""]
+    if missing:
+        md += ["Not in this table (their scores were not computed): " + ", ".join(missing), ""]
+    no_cape = [f"{r['task']}" for r in results if r["pair"] == "cross" and r["mode"] == "letter"
+               and "CAPE" not in r["methods"]]  # fmt: skip
+    if no_cape and not args.no_cape:
+        md += ["CAPE scores not computed for: " + ", ".join(no_cape), ""]
     if not any(r["pair"] == "within" for r in results):
         md += [f"Pair 2 (within-family) was not run: no adapter at {WITHIN_ADAPTER}.", ""]
     return "\n".join(md)

@@ -27,6 +27,7 @@ def main() -> None:
         for task in args.tasks:
             for mode in ("letter", "cloze"):
                 s = cached_scores(model, task, mode, args.limit, normalization="sum")
+                assert s is not None  # computed when missing
                 r = evaluate(s, n_bins=15, ci=True, seed=0)
                 r10 = evaluate(s, n_bins=10, ci=False)
                 runs.append(
