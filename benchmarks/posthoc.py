@@ -314,6 +314,9 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, missing: lis
              get("disagree"), "yes" if order else "no"]
         )  # fmt: skip
     md += [
+        "A τ of 10000 is the fit's upper bound (`tau_range`): the labels prefer the uniform "
+        "prediction (accuracy at chance), and the fit warns so.",
+        "",
         md_table(
             [
                 "pair",
@@ -343,7 +346,7 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, missing: lis
                and "CAPE" not in r["methods"]]  # fmt: skip
     if no_cape and not args.no_cape:
         md += ["CAPE scores not computed for: " + ", ".join(no_cape), ""]
-    if not any(r["pair"] == "within" for r in results):
+    if not (WITHIN_ADAPTER / "adapter_config.json").is_file():
         md += [f"Pair 2 (within-family) was not run: no adapter at {WITHIN_ADAPTER}.", ""]
     return "\n".join(md)
 
