@@ -625,6 +625,11 @@ def _add_finetune_parser(sub: Any) -> None:
     length.add_argument("--epochs", type=float, default=None, help="default 1")
     length.add_argument("--max-steps", type=_positive_int, default=None)
     p.add_argument("--max-length", type=_positive_int, default=None, help="truncate prompts")
+    p.add_argument(
+        "--balance-letters",
+        action="store_true",
+        help="permute training options so each answer letter is equally frequent",
+    )
     p.add_argument("--template", default=DEFAULT_TEMPLATE, help="zero-shot prompt template")
     p.add_argument("--limit", type=_positive_int, default=None, help="use at most N questions")
     p.add_argument("--cal-fraction", type=float, default=None, help="default .1 for cogcalib")

@@ -43,12 +43,14 @@ def test_finetune_resume_and_score_with_the_adapter(
 ) -> None:
     out = tmp_path / "adapter"
     first = _args(tiny_model, data, out, "--method", "cogcalib-ls", "--max-steps", "2")
+    first.append("--balance-letters")
     code, stdout, err = run(capsys, *first, "--save-steps", "1", "--keep-checkpoints")
     assert code == 0, err
     assert "(before)" in stdout and "+ cogcalib-ls adapter" in stdout and "ece15" in stdout
     assert (out / "adapter_config.json").is_file()
     summary = json.loads((out / "llmcal_finetune.json").read_text())
     assert summary["steps"] == 2 and summary["n_train"] == 14 and summary["n_cal"] == 2
+    assert summary["config"]["balance_letters"] is True
     assert set(summary["evaluation"]) == {"before", "after"}
 
     again = _args(tiny_model, data, out, "--method", "cogcalib-ls", "--max-steps", "3")

@@ -52,6 +52,7 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
         epochs=args.epochs if args.epochs is not None else 1.0,
         max_steps=args.max_steps,
         max_length=args.max_length,
+        balance_letters=args.balance_letters,
         seed=args.seed,
         template=args.template,
     )

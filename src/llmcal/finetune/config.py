@@ -59,6 +59,9 @@ class FinetuneConfig:
     epochs: float = 1.0
     max_steps: int | None = None
     max_length: int | None = None
+    #: permute each training question's options so every answer letter is equally frequent
+    #: (seeded); without it a letter SFT can learn the label prior instead of the task
+    balance_letters: bool = False
     seed: int = 0
     template: str = "daca1"
     logging_steps: int = 5

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from llmcal.errors import ConfigError
 from llmcal.tasks.templates import Template
 from llmcal.tasks.types import Task
@@ -118,3 +120,29 @@ class LetterCollator:
             "option_mask": option_mask,
             "ref_known": torch.tensor([e.get("ref_known", -1) for e in examples]),
         }
+
+
+def balance_letters(task: Task, seed: int = 0) -> Task:
+    """``task`` with each labelled question's options permuted so the answer letters are balanced.
+
+    Questions are visited in a seeded order; the i-th labelled question with K options gets its
+    answer moved to position ``i mod K`` (the other options keep their relative order), so over
+    the task every letter is the answer equally often (±1). Unlabelled questions are unchanged.
+    Deterministic in ``seed``.
+    """
+    from llmcal.models.cape import permute_question
+
+    order = np.random.default_rng(seed).permutation(len(task))
+    seen: dict[int, int] = {}
+    out = list(task)
+    for i in order:
+        q = task[int(i)]
+        if q.answer is None:
+            continue
+        k = len(q.choices)
+        target = seen.get(k, 0) % k
+        seen[k] = seen.get(k, 0) + 1
+        rest = [j for j in range(k) if j != q.answer]
+        perm = [*rest[:target], q.answer, *rest[target:]]
+        out[int(i)] = permute_question(q, perm)
+    return Task(task.name, out, task.metadata)

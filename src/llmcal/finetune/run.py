@@ -112,7 +112,7 @@ def finetune(
     from transformers import TrainingArguments, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
-    from llmcal.finetune.data import LetterCollator, encode_task, letter_format
+    from llmcal.finetune.data import LetterCollator, balance_letters, encode_task, letter_format
     from llmcal.finetune.trainer import (
         CalibrationTrainer,
         CogCalibCallback,
@@ -134,6 +134,8 @@ def finetune(
         raise ConfigError("fine-tuning uses zero-shot templates (e.g. daca1 or chat)")
     if scorer is None:
         scorer = HFScorer(model, device=device, progress=False)
+    if config.balance_letters:
+        train = balance_letters(train, config.seed)
     all_q = Task(train.name, [*train, *(cal or [])])
     fmt = letter_format(scorer, all_q, template)
     train_ds = ListDataset(encode_task(scorer, train, fmt, config.max_length, ref_known))
