@@ -81,17 +81,35 @@ def cached_scores(
             return bigger.by_ids(t.ids).replace(meta={"seconds": None, "sliced_from": other.name})
     if not compute:
         return None
+    # a smaller cached run holds a prefix of these questions: score only the rest
+    head: Scores | None = None
+    head_ids: set[str] = set()
+    done = None
+    for other in sorted(
+        CACHE.glob(f"{tag.replace(f'-{limit}-{seed}', '-*-' + str(seed))}.parquet")
+    ):
+        smaller = Scores.load(other)
+        ids = set(smaller.ids.tolist())
+        if ids <= set(t.ids) and len(ids) > len(head_ids):
+            head, head_ids, done = smaller, ids, other.name
+    if head is not None and len(head_ids) == len(t):
+        return head.by_ids(t.ids)
+    rest = t.select([i for i in t.ids if i not in head_ids])
     s = scorer(model) if adapter is None else _adapter_scorer(model, adapter)
     start = time.perf_counter()
     kwargs = {"mode": mode, "template": template, "normalization": normalization}
     if permutations:
         from llmcal.models.cape import score_cape
 
-        scores = score_cape(s, t, permutations=permutations, **kwargs)  # type: ignore[arg-type]
+        scores = score_cape(s, rest, permutations=permutations, **kwargs)  # type: ignore[arg-type]
     else:
-        scores = s.score(t, **kwargs)
+        scores = s.score(rest, **kwargs)
     elapsed = time.perf_counter() - start
-    scores = scores.replace(meta={"seconds": elapsed})
+    if head is None:
+        scores = scores.replace(meta={"seconds": elapsed})
+    else:
+        meta = {**head.meta, "seconds": None, "extended_from": done}
+        scores = Scores.concat([head, scores], meta=meta).by_ids(t.ids)
     scores.save(path)
     return scores
 

@@ -6,7 +6,9 @@ seeded 30 % / 70 % calibration / test splits:
 * cross-family: PoLM SmolLM2-135M-Instruct, reference (PLM) Gemma-3-270M; letter and cloze;
 * within-family: PoLM = Gemma-3-270M with a LoRA letter-format fine-tune (made by
   ``llmcal finetune`` on CommonsenseQA, a task outside the benchmark; see WITHIN_ADAPTER),
-  reference = Gemma-3-270M itself; letter mode (the format the fine-tune learnt).
+  reference = Gemma-3-270M itself; the PoLM in letter mode (the format the fine-tune learnt), the
+  reference once in letter mode and once in cloze mode (a base model's natural format: DACA only
+  needs the reference's distribution over the same options).
 
 Scores are cached in benchmarks/cache/ (fill it with warm_cache.py), so re-running only the
 calibrator part takes seconds. Writes benchmarks/results/posthoc.{json,md} and
@@ -16,6 +18,7 @@ posthoc_selective.png. Usage: python benchmarks/posthoc.py [--limit 1000] [--see
 from __future__ import annotations
 
 import argparse
+import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -40,17 +43,24 @@ from llmcal.scores import Scores
 TASKS = ("arc_easy", "arc_challenge", "openbook_qa", "boolq", "mmlu")
 MODES = ("letter", "cloze")
 NORMALIZATION = "sum"  # cloze: summed log-likelihood (lm-eval's "acc")
-#: The within-family PoLM, made with (about 25 CPU-minutes):
+#: The within-family PoLM, made with (about 30 CPU-minutes):
 #: llmcal finetune --model gemma3-270m --task commonsense_qa --data-dir ../shared/data --method sft
-#:   --lr 3e-4 --batch-size 8 --max-steps 120 --test-fraction 0.1 --seed 0 --out WITHIN_ADAPTER
-WITHIN_ADAPTER = CACHE / "adapters" / "gemma3-270m-csqa-letter-sft"
+#:   --balance-letters --lr 3e-4 --batch-size 8 --max-steps 120 --test-fraction 0.1 --seed 0
+#:   --out WITHIN_ADAPTER
+WITHIN_ADAPTER = CACHE / "adapters" / "gemma3-270m-csqa-letter-sft-balanced"
+#: (PoLM mode, reference mode) combinations evaluated for each pair
 PAIRS: dict[str, dict[str, Any]] = {
-    "cross": {"polm": ALIGNED_MODEL, "adapter": None, "plm": BASE_MODEL, "modes": MODES},
+    "cross": {
+        "polm": ALIGNED_MODEL,
+        "adapter": None,
+        "plm": BASE_MODEL,
+        "modes": (("letter", "letter"), ("cloze", "cloze")),
+    },
     "within": {
         "polm": BASE_MODEL,
         "adapter": WITHIN_ADAPTER,
         "plm": BASE_MODEL,
-        "modes": ("letter",),
+        "modes": (("letter", "letter"), ("letter", "cloze")),
     },
 }
 THRESHOLDS = tuple(np.round(np.arange(0.30, 0.96, 0.05), 2).tolist())
@@ -58,6 +68,11 @@ METHODS = (
     "vanilla", "TS", "VS", "MS", "histogram", "isotonic", "CAPE",
     "DACA", "DACA+VS", "DACA+MS", "naive", "disagree", "reference",
 )  # fmt: skip
+
+
+def within_adapter() -> Path:
+    """The within-family PoLM's adapter (``--within-adapter`` overrides WITHIN_ADAPTER)."""
+    return Path(PAIRS["within"]["adapter"])
 
 
 def metrics(s: Scores) -> dict[str, float]:
@@ -157,26 +172,48 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values))
 
 
+def mode_label(mode: str, ref_mode: str) -> str:
+    """``letter`` when both models are scored alike, else ``letter, ref cloze``."""
+    return mode if mode == ref_mode else f"{mode}, ref {ref_mode}"
+
+
 def evaluate_pair(
-    pair: str, spec: dict[str, Any], adapter: str | None, task: str, mode: str, args: Any
+    pair: str,
+    spec: dict[str, Any],
+    adapter: str | None,
+    task: str,
+    modes: tuple[str, str],
+    args: Any,
 ) -> dict[str, Any] | None:
-    """Every method on every split of one (pair, task, mode), aggregated over the splits.
+    """Every method on every split of one (pair, task, PoLM mode, reference mode), aggregated.
 
     None when ``--cached-only`` and the scores of either model are not in the cache.
     """
-    limit = args.within_limit if pair == "within" and args.within_limit else args.limit
-    if mode == "cloze" and args.cloze_limit:
-        limit = args.cloze_limit
+    mode, ref_mode = modes
+    base = args.within_limit if pair == "within" and args.within_limit else args.limit
+
+    def limit(m: str) -> int:
+        return args.cloze_limit if m == "cloze" and args.cloze_limit else base
+
     kw: dict[str, Any] = {"normalization": NORMALIZATION, "compute": not args.cached_only}
-    polm = cached_scores(spec["polm"], task, mode, limit, adapter=adapter, **kw)
-    plm = cached_scores(spec["plm"], task, mode, limit, **kw)
+    polm = cached_scores(spec["polm"], task, mode, limit(mode), adapter=adapter, **kw)
+    plm = cached_scores(spec["plm"], task, ref_mode, limit(ref_mode), **kw)
     if polm is None or plm is None:
         return None
+    # questions both were scored on, in one order (the smaller subset is a prefix of the larger)
+    common = set(plm.ids.tolist())
+    polm = polm.by_ids([i for i in polm.ids.tolist() if i in common])
+    plm = plm.by_ids(polm.ids.tolist())
     cape = None
     if pair == "cross" and mode == "letter" and not args.no_cape:
-        cape = cached_scores(spec["polm"], task, mode, limit, permutations="cyclic", **kw)
+        cape = cached_scores(spec["polm"], task, mode, limit(mode), permutations="cyclic", **kw)
     per_seed = [run_split(polm, plm, cape, seed) for seed in range(args.seeds)]
-    row: dict[str, Any] = {"pair": pair, "task": task, "mode": mode, "n": len(polm)}
+    row: dict[str, Any] = {
+        "pair": pair,
+        "task": task,
+        "mode": mode_label(mode, ref_mode),
+        "n": len(polm),
+    }
     row["methods"] = {}
     for method in METHODS:
         runs = [m[method] for m, _, _ in per_seed if method in m]
@@ -208,9 +245,13 @@ def main() -> None:
     ap.add_argument(
         "--cached-only", action="store_true", help="skip runs not in the cache instead of scoring"
     )
+    ap.add_argument(
+        "--within-adapter", type=Path, default=WITHIN_ADAPTER, help="pair 2's LoRA adapter folder"
+    )
     args = ap.parse_args()
-    if "within" in args.pairs and not (WITHIN_ADAPTER / "adapter_config.json").is_file():
-        print(f"no adapter at {WITHIN_ADAPTER}: skipping the within-family pair", flush=True)
+    PAIRS["within"]["adapter"] = args.within_adapter
+    if "within" in args.pairs and not (within_adapter() / "adapter_config.json").is_file():
+        print(f"no adapter at {within_adapter()}: skipping the within-family pair", flush=True)
         args.pairs.remove("within")
 
     results: list[dict[str, Any]] = []
@@ -220,15 +261,16 @@ def main() -> None:
         spec = PAIRS[pair]
         adapter = str(spec["adapter"]) if spec["adapter"] else None
         for task in args.tasks:
-            for mode in [m for m in args.modes if m in spec["modes"]]:
-                row = evaluate_pair(pair, spec, adapter, task, mode, args)
+            for modes in [m for m in spec["modes"] if set(m) <= set(args.modes)]:
+                label = f"{pair} {task}/{mode_label(*modes)}"
+                row = evaluate_pair(pair, spec, adapter, task, modes, args)
                 if row is None:
-                    missing.append(f"{pair} {task}/{mode}")
-                    print(f"not cached: {pair} {task}/{mode}", flush=True)
+                    missing.append(label)
+                    print(f"not cached: {label}", flush=True)
                     continue
                 results.append(row)
-                curves[f"{pair}/{task}/{mode}"] = row.pop("curves")
-                print(f"done {pair} {task}/{mode}", flush=True)
+                curves[f"{pair}/{task}/{row['mode']}"] = row.pop("curves")
+                print(f"done {label}", flush=True)
 
     write_results(
         "posthoc",
@@ -245,12 +287,42 @@ def main() -> None:
             "thresholds": list(THRESHOLDS),
             "cloze_limit": args.cloze_limit or args.limit,
             "not_cached": missing,
+            "within_adapter": adapter_record() if "within" in args.pairs else None,
             "results": results,
             "selective_accuracy": curves,
         },
         render(results, args, missing),
     )
     plot_selective(curves)
+
+
+def adapter_record() -> dict[str, Any]:
+    """How the within-family PoLM was trained and how it did on its own held-out questions."""
+    record = json.loads((within_adapter() / "llmcal_finetune.json").read_text())
+    keep = ("model", "train_task", "n_train", "steps", "train_seconds", "evaluation")
+    return {"name": within_adapter().name, "config": record["config"]} | {
+        k: record.get(k) for k in keep
+    }
+
+
+def describe_adapter() -> str:
+    """One sentence on the within-family PoLM, from its fine-tuning record."""
+    if not (within_adapter() / "llmcal_finetune.json").is_file():
+        return f"`{within_adapter().name}` (not trained yet)"
+    r = adapter_record()
+    c, ev = r["config"], r["evaluation"] or {}
+    text = (
+        f"`{r['name']}`: {c['method'].upper()} on {r['train_task']}, {r['steps']} steps × "
+        f"{c['batch_size']}, r = {c['lora_r']}, lr {c['learning_rate']:g}"
+        + (", answer letters balanced" if c.get("balance_letters") else "")
+    )
+    if "before" in ev and "after" in ev:
+        b, a = ev["before"], ev["after"]
+        text += (
+            f"; on {int(a['n'])} held-out {r['train_task']} questions accuracy "
+            f"{b['accuracy']:.1%} → {a['accuracy']:.1%}, ECE15 {b['ece15']:.1%} → {a['ece15']:.1%}"
+        )
+    return text
 
 
 def fmt(ms: tuple[float, float], scale: float = 1.0, digits: int = 2) -> str:
@@ -275,9 +347,11 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, missing: lis
         "",
         "* **Pair 1, cross-family**: PoLM SmolLM2-135M-Instruct, reference Gemma-3-270M (base).",
         "* **Pair 2, within-family**: PoLM = Gemma-3-270M + a LoRA letter-format fine-tune "
-        f"(`{WITHIN_ADAPTER.name}`: SFT on CommonsenseQA, 120 steps × 8, r = 8, lr 3e-4; the "
-        "benchmark tasks are not in its training data), reference = Gemma-3-270M itself. Letter "
-        "mode only (the format it was fine-tuned on); no CAPE.",
+        f"({describe_adapter()}; the benchmark tasks are not in its training data), reference = "
+        "Gemma-3-270M itself. The PoLM is scored in letter mode (the format it was fine-tuned on), "
+        "the reference once in letter mode and once in cloze mode (`letter, ref cloze`: a base "
+        "model's natural format; DACA needs only the reference's distribution over the same "
+        "options); no CAPE.",
         "",
     ]
     header = ["method", "acc %", "conf %", "ECE10 %", "ECE15 %", "Brier", "NLL"]
@@ -346,8 +420,8 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, missing: lis
                and "CAPE" not in r["methods"]]  # fmt: skip
     if no_cape and not args.no_cape:
         md += ["CAPE scores not computed for: " + ", ".join(no_cape), ""]
-    if not (WITHIN_ADAPTER / "adapter_config.json").is_file():
-        md += [f"Pair 2 (within-family) was not run: no adapter at {WITHIN_ADAPTER}.", ""]
+    if not (within_adapter() / "adapter_config.json").is_file():
+        md += [f"Pair 2 (within-family) was not run: no adapter at {within_adapter()}.", ""]
     return "\n".join(md)
 
 
