@@ -3,7 +3,8 @@
 Two model pairs on seeded subsets of ARC-Easy, ARC-Challenge, OpenBookQA, BoolQ and MMLU, five
 seeded 30 % / 70 % calibration / test splits:
 
-* cross-family: PoLM SmolLM2-135M-Instruct, reference (PLM) Gemma-3-270M; letter and cloze;
+* cross-family: PoLM SmolLM2-135M-Instruct, reference (PLM) Gemma-3-270M; letter and cloze,
+  and the letter-mode PoLM against the cloze-mode reference;
 * within-family: PoLM = Gemma-3-270M with a LoRA letter-format fine-tune (made by
   ``llmcal finetune`` on CommonsenseQA, a task outside the benchmark; see WITHIN_ADAPTER),
   reference = Gemma-3-270M itself; the PoLM in letter mode (the format the fine-tune learnt), the
@@ -54,7 +55,7 @@ PAIRS: dict[str, dict[str, Any]] = {
         "polm": ALIGNED_MODEL,
         "adapter": None,
         "plm": BASE_MODEL,
-        "modes": (("letter", "letter"), ("cloze", "cloze")),
+        "modes": (("letter", "letter"), ("cloze", "cloze"), ("letter", "cloze")),
     },
     "within": {
         "polm": BASE_MODEL,
@@ -205,7 +206,7 @@ def evaluate_pair(
     polm = polm.by_ids([i for i in polm.ids.tolist() if i in common])
     plm = plm.by_ids(polm.ids.tolist())
     cape = None
-    if pair == "cross" and mode == "letter" and not args.no_cape:
+    if pair == "cross" and mode == ref_mode == "letter" and not args.no_cape:
         cape = cached_scores(spec["polm"], task, mode, limit(mode), permutations="cyclic", **kw)
     per_seed = [run_split(polm, plm, cape, seed) for seed in range(args.seeds)]
     row: dict[str, Any] = {
@@ -250,7 +251,10 @@ def main() -> None:
     )
     args = ap.parse_args()
     PAIRS["within"]["adapter"] = args.within_adapter
-    if "within" in args.pairs and not (within_adapter() / "adapter_config.json").is_file():
+    args.within_missing = (
+        "within" in args.pairs and not (within_adapter() / "adapter_config.json").is_file()
+    )
+    if args.within_missing:
         print(f"no adapter at {within_adapter()}: skipping the within-family pair", flush=True)
         args.pairs.remove("within")
 
@@ -345,7 +349,9 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, missing: lis
         "disagree use none. `reference` is the reference model's own calibration on the same test "
         "questions. MS uses ODIR regularisation (λ = 0.01 off-diagonal and bias).",
         "",
-        "* **Pair 1, cross-family**: PoLM SmolLM2-135M-Instruct, reference Gemma-3-270M (base).",
+        "* **Pair 1, cross-family**: PoLM SmolLM2-135M-Instruct, reference Gemma-3-270M (base); "
+        "both in letter mode, both in cloze mode, and the letter-mode PoLM against the cloze-mode "
+        "reference (`letter, ref cloze`).",
         "* **Pair 2, within-family**: PoLM = Gemma-3-270M + a LoRA letter-format fine-tune "
         f"({describe_adapter()}; the benchmark tasks are not in its training data), reference = "
         "Gemma-3-270M itself. The PoLM is scored in letter mode (the format it was fine-tuned on), "
@@ -420,8 +426,12 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, missing: lis
                and "CAPE" not in r["methods"]]  # fmt: skip
     if no_cape and not args.no_cape:
         md += ["CAPE scores not computed for: " + ", ".join(no_cape), ""]
-    if not (within_adapter() / "adapter_config.json").is_file():
-        md += [f"Pair 2 (within-family) was not run: no adapter at {within_adapter()}.", ""]
+    if args.within_missing:
+        md += [
+            f"Pair 2 (within-family) was not run: no adapter `{within_adapter().name}` "
+            "(the command that makes it is in posthoc.py).",
+            "",
+        ]
     return "\n".join(md)
 
 
