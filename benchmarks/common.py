@@ -45,7 +45,8 @@ def cached_scores(
     """Scores of ``model`` on a seeded subset of ``task``, computed once and cached as Parquet.
 
     ``meta["seconds"]`` holds the scoring wall time of the run that produced the file (None when
-    sliced from a larger cached run). Speed figures come from throughput.py, not from here.
+    sliced from a larger cached run or extended from a smaller one). Speed figures come from
+    throughput.py, not from here.
     With ``compute=False`` a run that is not in the cache gives None instead of being scored.
     """
     from llmcal.tasks import load_task
@@ -71,29 +72,23 @@ def cached_scores(
     if path.is_file():
         return Scores.load(path)
     t = load_task(task, data_dir=DATA_DIR).subset(limit, seed=seed)
-    # subset(limit, seed) is a prefix of one seeded shuffle: a run with a larger limit holds
-    # exactly these questions, so slice it instead of scoring again
-    for other in sorted(
-        CACHE.glob(f"{tag.replace(f'-{limit}-{seed}', '-*-' + str(seed))}.parquet")
-    ):
-        bigger = Scores.load(other)
-        if set(t.ids) <= set(bigger.ids.tolist()):
-            return bigger.by_ids(t.ids).replace(meta={"seconds": None, "sliced_from": other.name})
-    if not compute:
-        return None
-    # a smaller cached run holds a prefix of these questions: score only the rest
+    wanted = set(t.ids)
+    # subset(limit, seed) is a prefix of one seeded shuffle, so a cached run with a larger limit
+    # holds exactly these questions (slice it) and one with a smaller limit holds a prefix of
+    # them (score only the rest)
     head: Scores | None = None
     head_ids: set[str] = set()
-    done = None
     for other in sorted(
         CACHE.glob(f"{tag.replace(f'-{limit}-{seed}', '-*-' + str(seed))}.parquet")
     ):
-        smaller = Scores.load(other)
-        ids = set(smaller.ids.tolist())
-        if ids <= set(t.ids) and len(ids) > len(head_ids):
-            head, head_ids, done = smaller, ids, other.name
-    if head is not None and len(head_ids) == len(t):
-        return head.by_ids(t.ids)
+        cached = Scores.load(other)
+        ids = set(cached.ids.tolist())
+        if wanted <= ids:
+            return cached.by_ids(t.ids).replace(meta={"seconds": None, "sliced_from": other.name})
+        if ids <= wanted and len(ids) > len(head_ids):
+            head, head_ids = cached.replace(meta={"extended_from": other.name}), ids
+    if not compute:
+        return None
     rest = t.select([i for i in t.ids if i not in head_ids])
     s = scorer(model) if adapter is None else _adapter_scorer(model, adapter)
     start = time.perf_counter()
@@ -108,8 +103,8 @@ def cached_scores(
     if head is None:
         scores = scores.replace(meta={"seconds": elapsed})
     else:
-        meta = {**head.meta, "seconds": None, "extended_from": done}
-        scores = Scores.concat([head, scores], meta=meta).by_ids(t.ids)
+        scores = Scores.concat([head, scores], meta={**head.meta, "seconds": None})
+        scores = scores.by_ids(t.ids)
     scores.save(path)
     return scores
 
