@@ -361,8 +361,7 @@ def render(
     )
     md += md_table(
         ["metric", "n", "resamples", "1 thread s", "whole-row draws s", "draws / 1 thread",
-         "all cores s",
-         "cores", "loop s (extrap.)", "speedup", "95 % CI"],
+         "all cores s", "cores", "loop s (extrap.)", "speedup", "95 % CI"],
         [[b["metric"], f"{b['n']:.0e}".replace("e+0", "e"), b["resamples"],
           f"{b['seconds_one_thread']:.2f}",
           f"{b['seconds_whole_draws_one_thread_extrapolated']:.2f}",

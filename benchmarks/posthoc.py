@@ -53,13 +53,11 @@ WITHIN_ADAPTER = CACHE / "adapters" / "gemma3-270m-csqa-letter-sft-balanced"
 PAIRS: dict[str, dict[str, Any]] = {
     "cross": {
         "polm": ALIGNED_MODEL,
-        "adapter": None,
         "plm": BASE_MODEL,
         "modes": (("letter", "letter"), ("cloze", "cloze"), ("letter", "cloze")),
     },
     "within": {
-        "polm": BASE_MODEL,
-        "adapter": WITHIN_ADAPTER,
+        "polm": BASE_MODEL,  # + the LoRA adapter --within-adapter (default WITHIN_ADAPTER)
         "plm": BASE_MODEL,
         "modes": (("letter", "letter"), ("letter", "cloze")),
     },
@@ -69,11 +67,6 @@ METHODS = (
     "vanilla", "TS", "VS", "MS", "histogram", "isotonic", "CAPE",
     "DACA", "DACA+VS", "DACA+MS", "naive", "disagree", "reference",
 )  # fmt: skip
-
-
-def within_adapter() -> Path:
-    """The within-family PoLM's adapter (``--within-adapter`` overrides WITHIN_ADAPTER)."""
-    return Path(PAIRS["within"]["adapter"])
 
 
 def metrics(s: Scores) -> dict[str, float]:
@@ -250,20 +243,21 @@ def main() -> None:
         "--within-adapter", type=Path, default=WITHIN_ADAPTER, help="pair 2's LoRA adapter folder"
     )
     args = ap.parse_args()
-    PAIRS["within"]["adapter"] = args.within_adapter
+    adapters: dict[str, Path | None] = {"cross": None, "within": args.within_adapter}
     args.within_missing = (
-        "within" in args.pairs and not (within_adapter() / "adapter_config.json").is_file()
+        "within" in args.pairs and not (args.within_adapter / "adapter_config.json").is_file()
     )
     if args.within_missing:
-        print(f"no adapter at {within_adapter()}: skipping the within-family pair", flush=True)
+        print(f"no adapter at {args.within_adapter}: skipping the within-family pair", flush=True)
         args.pairs.remove("within")
+    record = adapter_record(args.within_adapter) if "within" in args.pairs else None
 
     results: list[dict[str, Any]] = []
     curves: dict[str, Any] = {}
     missing: list[str] = []
     for pair in args.pairs:
         spec = PAIRS[pair]
-        adapter = str(spec["adapter"]) if spec["adapter"] else None
+        adapter = str(adapters[pair]) if adapters[pair] else None
         for task in args.tasks:
             for modes in [m for m in spec["modes"] if set(m) <= set(args.modes)]:
                 label = f"{pair} {task}/{mode_label(*modes)}"
@@ -283,7 +277,7 @@ def main() -> None:
             "within_limit": args.within_limit or args.limit,
             "seeds": args.seeds,
             "pairs": {
-                k: {**v, "adapter": v["adapter"] and Path(v["adapter"]).name}
+                k: {**v, "adapter": a.name if (a := adapters[k]) else None}
                 for k, v in PAIRS.items()
                 if k in args.pairs
             },
@@ -291,35 +285,37 @@ def main() -> None:
             "thresholds": list(THRESHOLDS),
             "cloze_limit": args.cloze_limit or args.limit,
             "not_cached": missing,
-            "within_adapter": adapter_record() if "within" in args.pairs else None,
+            "within_adapter": record,
             "results": results,
             "selective_accuracy": curves,
         },
-        render(results, args, missing),
+        render(results, args, missing, record),
     )
     plot_selective(curves)
 
 
-def adapter_record() -> dict[str, Any]:
-    """How the within-family PoLM was trained and how it did on its own held-out questions."""
-    record = json.loads((within_adapter() / "llmcal_finetune.json").read_text())
-    keep = ("model", "train_task", "n_train", "steps", "train_seconds", "evaluation")
-    return {"name": within_adapter().name, "config": record["config"]} | {
-        k: record.get(k) for k in keep
-    }
+def adapter_record(adapter: Path) -> dict[str, Any] | None:
+    """How the within-family PoLM was trained (its ``llmcal finetune`` record, with the
+    training-accuracy log) and how it did on its own held-out questions; None without one."""
+    path = adapter / "llmcal_finetune.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    keep = ("model", "train_task", "n_train", "steps", "train_seconds", "diagnostics", "evaluation")
+    return {"name": adapter.name, "config": record["config"]} | {k: record.get(k) for k in keep}
 
 
-def describe_adapter() -> str:
+def describe_adapter(r: dict[str, Any]) -> str:
     """One sentence on the within-family PoLM, from its fine-tuning record."""
-    if not (within_adapter() / "llmcal_finetune.json").is_file():
-        return f"`{within_adapter().name}` (not trained yet)"
-    r = adapter_record()
     c, ev = r["config"], r["evaluation"] or {}
     text = (
         f"`{r['name']}`: {c['method'].upper()} on {r['train_task']}, {r['steps']} steps × "
         f"{c['batch_size']}, r = {c['lora_r']}, lr {c['learning_rate']:g}"
         + (", answer letters balanced" if c.get("balance_letters") else "")
     )
+    accs = [d["train_acc"] for d in r.get("diagnostics") or [] if "train_acc" in d]
+    if accs:
+        text += f", training-batch accuracy {min(accs):.1%}–{max(accs):.1%} over the run"
     if "before" in ev and "after" in ev:
         b, a = ev["before"], ev["after"]
         text += (
@@ -334,7 +330,12 @@ def fmt(ms: tuple[float, float], scale: float = 1.0, digits: int = 2) -> str:
     return f"{ms[0] * scale:.{digits}f} ± {ms[1] * scale:.{digits}f}"
 
 
-def render(results: list[dict[str, Any]], args: argparse.Namespace, missing: list[str]) -> str:
+def render(
+    results: list[dict[str, Any]],
+    args: argparse.Namespace,
+    missing: list[str],
+    record: dict[str, Any] | None,
+) -> str:
     """The Markdown deliverable."""
     md = [
         "# Post-hoc calibration with and without labels: scaling, binning, CAPE, DACA",
@@ -353,7 +354,8 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, missing: lis
         "both in letter mode, both in cloze mode, and the letter-mode PoLM against the cloze-mode "
         "reference (`letter, ref cloze`).",
         "* **Pair 2, within-family**: PoLM = Gemma-3-270M + a LoRA letter-format fine-tune "
-        f"({describe_adapter()}; the benchmark tasks are not in its training data), reference = "
+        f"({describe_adapter(record) if record else '`' + args.within_adapter.name + '`'}; "
+        "the benchmark tasks are not in its training data), reference = "
         "Gemma-3-270M itself. The PoLM is scored in letter mode (the format it was fine-tuned on), "
         "the reference once in letter mode and once in cloze mode (`letter, ref cloze`: a base "
         "model's natural format; DACA needs only the reference's distribution over the same "
@@ -428,7 +430,7 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, missing: lis
         md += ["CAPE scores not computed for: " + ", ".join(no_cape), ""]
     if args.within_missing:
         md += [
-            f"Pair 2 (within-family) was not run: no adapter `{within_adapter().name}` "
+            f"Pair 2 (within-family) was not run: no adapter `{args.within_adapter.name}` "
             "(the command that makes it is in posthoc.py).",
             "",
         ]
