@@ -607,10 +607,14 @@ class Scores:
         missing = {"id", "logits", "label"} - set(table.column_names)
         if missing:
             raise ScoresError(f"{path}: missing column(s) {sorted(missing)}")
-        columns = _table_columns(table, path)
-        if fmt == 1:
-            columns.pop("n_options", None)
         try:
+            fast = _typed_arrays(table, with_counts=fmt != 1)
+            if fast is not None:  # well-typed columns: vectorised, no per-cell Python
+                return cls(meta=header.get("meta", {}), **fast)
+            # otherwise read cell by cell, so the error names the row and column at fault
+            columns = _table_columns(table, path)
+            if fmt == 1:
+                columns.pop("n_options", None)
             return _from_columns(columns, header.get("meta", {}), str(path), strict=True)
         except ScoresError as exc:
             raise ScoresError(f"{path}: {exc}") from None
@@ -628,6 +632,43 @@ def _read_parquet(path: Path) -> Any:
         return pq.read_table(path)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise ScoresError(f"{path}: not a readable Parquet file ({str(exc)[:160]})") from None
+
+
+def _typed_arrays(table: Any, with_counts: bool) -> dict[str, Any] | None:
+    """The Scores arrays of a table whose columns have the types llmcal writes, else None."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    def plain(name: str, ok: Any) -> Any:
+        col = table.column(name).combine_chunks() if name in table.column_names else None
+        return col if col is not None and ok(col.type) and not col.null_count else None
+
+    ids = plain("id", pa.types.is_string)
+    labels = plain("label", pa.types.is_integer)
+    logits = plain("logits", lambda t: pa.types.is_list(t) and pa.types.is_floating(t.value_type))
+    if ids is None or labels is None or logits is None:
+        return None
+    widths = pc.list_value_length(logits).to_numpy(zero_copy_only=False)
+    values = logits.flatten()
+    if values.null_count or (len(widths) and (widths != widths[0]).any()):
+        return None
+    k = int(widths[0]) if len(widths) else 2
+    out: dict[str, Any] = {
+        "ids": np.array(ids.to_pylist(), dtype=object),
+        "logits": values.to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(ids), k),
+        "labels": labels.to_numpy(zero_copy_only=False).astype(np.int64),
+    }
+    if with_counts and "n_options" in table.column_names:
+        counts = plain("n_options", pa.types.is_integer)
+        if counts is None:
+            return None
+        out["n_options"] = counts.to_numpy(zero_copy_only=False).astype(np.int64)
+    if "subject" in table.column_names:
+        subj = table.column("subject").combine_chunks()
+        if not (pa.types.is_string(subj.type) or pa.types.is_null(subj.type)):
+            return None
+        out["subjects"] = np.array(subj.to_pylist(), dtype=object)
+    return out
 
 
 def _table_columns(table: Any, path: Path) -> dict[str, list[Any]]:
