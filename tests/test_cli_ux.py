@@ -125,6 +125,19 @@ def test_disabled_and_off_are_silent(monkeypatch: pytest.MonkeyPatch) -> None:
     assert stream.getvalue() == ""
 
 
+def test_a_forced_bar_draws_with_tqdm_and_nests(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMCAL_PROGRESS", "bar")
+    stream = io.StringIO()
+    with Progress(20, "bar test", stream=stream) as bar:
+        assert bar.style == "bar"
+        with bar.span(10), progress(5, "inner") as inner:
+            assert inner.style == "child"
+            inner.update(5)
+        assert bar.done == 10
+    text = stream.getvalue()
+    assert "bar test:" in text and "/20" in text and not progress_lines(text)  # tqdm, not lines
+
+
 def test_checkpointed_run_reports_per_batch_and_the_resume(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -199,7 +199,8 @@ class CheckpointedScorer:
 
     ``score_fn(scorer, task, **kwargs)`` replaces ``scorer.score`` (e.g. CAPE's ``score_cape``);
     ``extra_key`` adds settings of that function to the key. ``progress`` shows one bar over
-    the whole task.
+    the whole task (``False``: silent), which the wrapped scorer's own bar moves per batch
+    (see :mod:`llmcal.progress`); a resumed run first says how many questions it resumes.
     """
 
     def __init__(
