@@ -441,3 +441,32 @@ def test_real_model_score_progress_moves_per_batch_inside_a_chunk(
     assert done == [4, 8]  # 4 is inside the first chunk of 8: the bar moves per batch
     assert lines[-1].startswith("llmcal: scoring smollm2-135m-instruct: 12/12 q done in ")
     assert len(Scores.load(out)) == 12 and "scored 12 questions" in stdout
+
+
+def test_interrupted_score_says_what_is_kept_and_the_rerun_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fake: BatchScorer
+) -> None:
+    out = tmp_path / "run.parquet"
+    argv = ["score", "--model", "fake", "--task", "synthetic", "--limit", "40", "--chunk-size",
+            "16", "--out", str(out)]  # fmt: skip
+    real_score = fake.score
+
+    def stop_on_second_chunk(task: Task, **kw: Any) -> Scores:
+        if fake.calls == 1:
+            raise KeyboardInterrupt
+        return real_score(task, **kw)
+
+    fake.score = stop_on_second_chunk  # type: ignore[method-assign]
+    code, _, err = run(capsys, *argv)
+    ckpt = f"{out}.ckpt.jsonl"
+    assert code == 130 and not out.exists()
+    assert err.splitlines()[-2:] == [
+        f"llmcal: 16 of 40 questions are kept in {ckpt}; rerun to resume",
+        "llmcal: interrupted",
+    ]
+    fake.score = real_score  # type: ignore[method-assign]
+    code, stdout, err = run(capsys, *argv)
+    assert code == 0, err
+    assert f"llmcal: resuming 16 of 40 questions from {ckpt}; scoring the other 24" in err
+    assert "scored 24 questions" in stdout and "16 resumed from the checkpoint" in stdout
+    assert len(Scores.load(out)) == 40

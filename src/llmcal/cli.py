@@ -177,6 +177,11 @@ def _score_one(args: argparse.Namespace, scorer: Any, task: Any, out: Path) -> N
                 "same command to resume]"
             ) from exc
         raise
+    except KeyboardInterrupt:
+        if runner.path.exists() and (runner.resumed_rows or runner.scored_rows):
+            kept = runner.resumed_rows + runner.scored_rows
+            note(f"{kept} of {len(task)} questions are kept in {runner.path}; rerun to resume")
+        raise
     elapsed = time.perf_counter() - start
     scores = scores.replace(meta={"seconds": round(elapsed, 3)})
     scores.save(out)

@@ -183,7 +183,7 @@ class Progress:
                 self._bar.update(step)
         elif self.style == "plain" and value > old and value < self.total:
             now = self.clock()
-            if now - self._last_line >= self.interval or value >= self._next_step:
+            if now - self._last_line >= self.interval or value >= self._next_step - 1e-9:
                 self._line()
 
     def _step_after(self, value: float) -> float:
