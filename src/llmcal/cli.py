@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -47,9 +48,10 @@ def _out_path(path: str, suffixes: Sequence[str], flag: str) -> Path:
     return out
 
 
-def _load_task(args: argparse.Namespace) -> Any:
+def _load_task(args: argparse.Namespace, spec: str | None = None) -> Any:
     from llmcal.tasks import load_task
 
+    spec = args.task if spec is None else spec
     kwargs: dict[str, Any] = {}
     if getattr(args, "columns", None):
         from llmcal.tasks import parse_mapping
@@ -57,11 +59,11 @@ def _load_task(args: argparse.Namespace) -> Any:
         kwargs["mapping"] = parse_mapping(args.columns)
     if getattr(args, "split", None):
         kwargs["split"] = args.split
-    task = load_task(args.task, data_dir=args.data_dir, **kwargs)
+    task = load_task(spec, data_dir=args.data_dir, **kwargs)
     if args.subject:
         task = task.filter(args.subject)
         if not len(task):
-            raise ConfigError(f"task {args.task!r} has no questions of subject(s) {args.subject}")
+            raise ConfigError(f"task {spec!r} has no questions of subject(s) {args.subject}")
     return task
 
 
@@ -70,22 +72,70 @@ def _print(*parts: Any) -> None:
 
 
 # -- commands -----------------------------------------------------------------------------------
+def _task_specs(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """(task spec, output file) pairs: ``--task a,b --out-dir DIR`` → ``DIR/a.parquet``, …"""
+    specs = [t.strip() for t in args.task.split(",")] if args.out_dir else [args.task]
+    if not all(specs):
+        raise ConfigError(f"--task {args.task!r}: empty task name in the comma-separated list")
+    if args.out_dir is None:
+        if args.out is None:
+            raise ConfigError("give --out FILE.parquet (one task) or --out-dir DIR (one per task)")
+        if "," in args.task and not Path(args.task).exists():
+            raise ConfigError(
+                f"--task {args.task!r} names several tasks; write one Scores per task with "
+                "--out-dir DIR instead of --out"
+            )
+        return [(args.task, _out_path(args.out, [".parquet"], "--out"))]
+    if args.out is not None:
+        raise ConfigError("give either --out FILE (one task) or --out-dir DIR, not both")
+    folder = Path(args.out_dir)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--out-dir {args.out_dir!r} is a file; give a folder")
+    pairs: list[tuple[str, Path]] = []
+    for spec in specs:
+        stem = Path(spec).stem if (Path(spec).suffix or "/" in spec) else spec
+        name = re.sub(r"[^\w.-]+", "_", stem).strip("_.") or "task"
+        out = folder / f"{name}.parquet"
+        if any(out == o for _, o in pairs):
+            raise ConfigError(f"--task {args.task!r}: two tasks would both write {out}")
+        pairs.append((spec, out))
+    return pairs
+
+
 def cmd_score(args: argparse.Namespace) -> int:
-    """Score a task with a model (in-process or through endpoints) and save the Scores."""
+    """Score one or more tasks with a model (in-process or through endpoints); save the Scores."""
+    from llmcal.tasks import get_template
+
+    pairs = _task_specs(args)
+    template = get_template(args.template)
+    if args.shots and (template.chat or args.mode != "letter"):
+        raise ConfigError("--shots works with plain letter-mode templates (e.g. daca1)")
+    if args.out_dir:
+        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    tasks = [(_load_task(args, spec), out) for spec, out in pairs]  # data errors before the model
+    scorer = _score_backend(args, template)
+    for task, out in tasks:
+        _score_one(args, scorer, task, out)
+    if len(tasks) > 1:
+        _print(f"wrote {len(tasks)} Scores files to {args.out_dir}")
+    return 0
+
+
+def _score_one(args: argparse.Namespace, scorer: Any, task: Any, out: Path) -> None:
+    """Score one task with the loaded ``scorer`` through a checkpoint beside ``out``."""
+    from llmcal._cliutil import resolve_limit
     from llmcal.models.checkpoint import CheckpointedScorer
+    from llmcal.progress import note
     from llmcal.tasks import fewshot_split, get_template
 
-    out = _out_path(args.out, [".parquet"], "--out")
-    task = _load_task(args)
     template = get_template(args.template)
     shots: list[Any] = []
     if args.shots:
-        if template.chat or args.mode != "letter":
-            raise ConfigError("--shots works with plain letter-mode templates (e.g. daca1)")
         shots, task = fewshot_split(task, args.shots, seed=args.seed)
         template = get_template(f"fewshot-{args.shots}")
-    task = task.subset(args.limit, seed=None if args.no_shuffle else args.seed)
-    scorer = _score_backend(args, template)
+    task = task.subset(
+        resolve_limit(args.limit, len(task)), seed=None if args.no_shuffle else args.seed
+    )
     kwargs: dict[str, Any] = {
         "mode": args.mode,
         "template": template,
@@ -109,6 +159,13 @@ def cmd_score(args: argparse.Namespace) -> int:
         score_fn=score_fn,
         extra_key=extra,
     )
+    mode = args.mode + (f" ({args.normalization})" if args.mode == "cloze" else "")
+    note(
+        f"scoring {args.model} on {task.name}: n={len(task)}, mode {mode}, template "
+        f"{template.name}"
+        + (f", {args.shots} shots" if args.shots else "")
+        + (f", CAPE {args.permutations}" if args.permutations else "")
+    )
     start = time.perf_counter()
     try:
         scores = runner.score(task, **kwargs)
@@ -119,6 +176,11 @@ def cmd_score(args: argparse.Namespace) -> int:
                 f"{exc} [{kept} of {len(task)} questions are kept in {runner.path}; rerun the "
                 "same command to resume]"
             ) from exc
+        raise
+    except KeyboardInterrupt:
+        if runner.path.exists() and (runner.resumed_rows or runner.scored_rows):
+            kept = runner.resumed_rows + runner.scored_rows
+            note(f"{kept} of {len(task)} questions are kept in {runner.path}; rerun to resume")
         raise
     elapsed = time.perf_counter() - start
     scores = scores.replace(meta={"seconds": round(elapsed, 3)})
@@ -135,7 +197,6 @@ def cmd_score(args: argparse.Namespace) -> int:
     if stats is not None:
         _print(f"requests: {stats.summary()}")
     _print(f"wrote {out}")
-    return 0
 
 
 def _score_backend(args: argparse.Namespace, template: Any) -> Any:
@@ -197,6 +258,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         f"mode {meta.get('mode', '?')} · template {meta.get('template', '?')}"
     )
     _print(summary_table({"value": result}))
+    _warn_eval(scores, result)
     subjects = result.get("subjects") or {}
     if subjects and args.subjects:
         rows = sorted(subjects.items(), key=lambda kv: -kv[1]["ece"])
@@ -234,6 +296,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_eval(scores: Any, result: dict[str, Any]) -> None:
+    """Accuracy below chance or AUROC below 0.5 usually means a broken prompt or label map."""
+    import numpy as np
+
+    from llmcal._cliutil import warn
+
+    n_options = np.isfinite(np.asarray(scores.logits, dtype=np.float64)).sum(axis=1)
+    chance = float(np.mean(1.0 / np.maximum(n_options, 1)))
+    acc = result.get("accuracy")
+    if isinstance(acc, float) and acc < chance:
+        warn(
+            f"accuracy {acc:.3f} is below chance ({chance:.3f} for these option counts): check "
+            "the template, the answer letters and the label column"
+        )
+    auroc = result.get("auroc")
+    if isinstance(auroc, float) and auroc < 0.5:
+        warn(
+            f"AUROC {auroc:.3f} is below 0.5: confidence ranks wrong answers above right ones; "
+            "check the scoring mode and the label column"
+        )
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit a calibrator on Scores and save it as a JSON artefact."""
     from llmcal.calibrate import CALIBRATORS, DACA
@@ -246,7 +330,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
                 "llmcal fit daca takes --target POLM.parquet --reference PLM.parquet (no positional file)"
             )
         cal: Any = DACA(scaler=args.scaler, mask=args.mask, parity=args.parity, align=args.align)
-        cal.fit(target=Scores.load(args.target), reference=Scores.load(args.reference))
+        fit_on = Scores.load(args.target)
+        cal.fit(target=fit_on, reference=Scores.load(args.reference))
     else:
         if not args.scores or args.target or args.reference:
             raise ConfigError(
@@ -254,14 +339,58 @@ def cmd_fit(args: argparse.Namespace) -> int:
                 "RUN.parquet --out cal.json (--target/--reference are for daca)"
             )
         options = {"n_bins": args.bins} if args.kind == "histogram" else {}
-        cal = CALIBRATORS[args.kind](**options).fit(Scores.load(args.scores))
+        fit_on = Scores.load(args.scores)
+        cal = CALIBRATORS[args.kind](**options).fit(fit_on)
     cal.save(out)
-    params = cal.get_params()
-    shown = {k: v for k, v in params.items() if not isinstance(v, list) or len(v) <= 8}
-    info = cal.fit_info_ or {}
-    _print(f"fitted {args.kind} on {info.get('n_used', info.get('n'))} questions: {shown}")
+    for line in _fit_summary(args.kind, cal, fit_on):
+        _print(line)
     _print(f"wrote {out}")
     return 0
+
+
+def _fit_summary(kind: str, cal: Any, scores: Any) -> list[str]:
+    """``fitted temperature on 300 questions: τ = 1.84 (NLL 1.02 → 0.87)``, and the warnings."""
+    from llmcal.calibrate.checks import describe_params, warn_few_questions
+    from llmcal.metrics import nll
+
+    info = cal.fit_info_ or {}
+    n = info.get("n_used", info.get("n"))
+    line = f"fitted {kind} on {n} questions: {describe_params(cal)}"
+    if scores is not None and scores.has_labels:
+        before = nll(scores.log_probs(), scores.labels, kind="log_probs")
+        after = nll(cal.transform(scores).log_probs(), scores.labels, kind="log_probs")
+        line += f" (NLL {before:.3f} → {after:.3f}" + (
+            " on the target's labels)" if kind == "daca" else ")"
+        )
+    if kind == "daca":
+        _warn_daca_dropped(info)
+    warn_few_questions(cal)
+    return [line]
+
+
+def _warn_daca_dropped(info: dict[str, Any]) -> None:
+    """How many target questions DACA did not fit on, and why."""
+    from llmcal._cliutil import warn
+
+    n, aligned, used = info.get("n"), info.get("n_total"), info.get("n_used")
+    if not all(isinstance(v, int) for v in (n, aligned, used)):
+        return
+    assert isinstance(n, int) and isinstance(aligned, int) and isinstance(used, int)
+    reasons = []
+    if aligned < n:
+        reasons.append(f"{n - aligned} are not in the reference Scores (--align inner)")
+    mask = info.get("mask")
+    if mask == "agree" and info.get("n_disagree"):
+        reasons.append(
+            f"{info['n_disagree']} where the two models predict different options (--mask agree)"
+        )
+    elif mask == "disagree" and info.get("n_agree"):
+        reasons.append(f"{info['n_agree']} where the two models agree (--mask disagree)")
+    if used < n and reasons:
+        warn(
+            f"daca fitted on {used} of {n} target questions and dropped {n - used}: "
+            + "; ".join(reasons)
+        )
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -270,8 +399,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from llmcal.scores import Scores
 
     out = _out_path(args.out, [".parquet"], "--out")
+    from llmcal.calibrate.checks import warn_misapplied
+
     cal = load_calibrator(args.calibrator)
     scores = Scores.load(args.scores)
+    warn_misapplied(cal, scores, str(args.calibrator))
     calibrated = cal.transform(scores)
     calibrated.save(out)
     line = f"applied {cal.kind} to {len(scores)} questions"
@@ -307,6 +439,7 @@ def _report_labels(text: str | None, count: int, n_files: int) -> list[str] | No
 def cmd_report(args: argparse.Namespace) -> int:
     """Write a calibration report (HTML, JSON or Markdown) of one or more Scores files."""
     from llmcal.calibrate import load_calibrator
+    from llmcal.calibrate.checks import warn_misapplied
     from llmcal.report.data import FORMATS, ReportRun, build_report, format_for_path
     from llmcal.scores import Scores
 
@@ -332,6 +465,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     source = runs[-1]
     for j, path in enumerate(calibrators):
         cal = load_calibrator(path)
+        warn_misapplied(cal, source.scores, f"{path} (applied to {source.file})")
         try:
             calibrated = cal.transform(source.scores)
         except LLMCalError as exc:
@@ -401,69 +535,112 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 # -- parser -------------------------------------------------------------------------------------
+def _command(sub: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand parser that shows defaults and hides old option aliases in --help."""
+    from llmcal._cliutil import HelpFormatter
+
+    parser: argparse.ArgumentParser = sub.add_parser(name, formatter_class=HelpFormatter, **kwargs)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser for every subcommand."""
+    from llmcal._cliutil import HelpFormatter, Parser, add_group, limit_type
     from llmcal.calibrate import CALIBRATORS
     from llmcal.models.base import MODES, NORMALIZATIONS
     from llmcal.tasks.templates import DEFAULT_TEMPLATE
 
-    parser = argparse.ArgumentParser(
-        prog="llmcal", description="Measure and repair the confidence calibration of LLMs."
+    parser = Parser(
+        prog="llmcal",
+        description="Measure and repair the confidence calibration of LLMs.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"llmcal {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("score", help="score a task with a model → Scores (.parquet)")
-    p.add_argument(
+    p = _command(
+        sub,
+        "score",
+        help="score a task with a model → Scores (.parquet)",
+        description="Score every question of one or more tasks with a model (in-process, or "
+        "through OpenAI-compatible endpoints) and save the option logits as Scores. Runs are "
+        "checkpointed beside the output and resume when rerun.",
+    )
+    g = add_group(p, "model")
+    g.add_argument(
         "--model", required=True, help="bundled alias, .gguf file, model directory or hub id"
     )
-    p.add_argument("--task", required=True, help="built-in task name, 'synthetic', or a data file")
-    p.add_argument(
+    g.add_argument("--adapter", default=None, help="PEFT adapter directory")
+    g.add_argument("--batch-size", type=_positive_int, default=8, help="questions per forward pass")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
+    g.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    g.add_argument(
+        "--trust-remote-code", action="store_true", help="allow custom model code from the hub"
+    )
+    g = add_group(p, "data")
+    g.add_argument(
+        "--task",
+        required=True,
+        help="built-in task name, 'synthetic', or a data file; several comma-separated names "
+        "with --out-dir",
+    )
+    g.add_argument(
         "--data-dir", default=None, help="folder of canonical JSONL files (or LLMCAL_DATA_DIR)"
     )
-    p.add_argument(
+    g.add_argument(
         "--columns",
         default=None,
         help="column mapping for CSV/Parquet, e.g. question=q,choices=A|B|C|D,answer=label",
     )
-    p.add_argument("--split", default=None, help="dataset split for hub datasets")
-    p.add_argument(
+    g.add_argument("--split", default=None, help="dataset split for hub datasets")
+    g.add_argument(
         "--subject", action="append", default=None, help="keep only this subject (repeatable)"
     )
-    p.add_argument("--mode", choices=MODES, default="letter")
-    p.add_argument(
-        "--normalization", choices=NORMALIZATIONS, default="mean", help="cloze length normalisation"
+    g.add_argument(
+        "--limit",
+        type=limit_type,
+        default=None,
+        metavar="N",
+        help="score at most N questions; 0 < N < 1 is a fraction of the task (as lm-eval)",
     )
-    p.add_argument(
-        "--template", default=DEFAULT_TEMPLATE, help="prompt template (see `llmcal list`)"
-    )
-    p.add_argument(
-        "--shots", type=_positive_int, default=None, help="few-shot examples taken from the task"
-    )
-    p.add_argument("--limit", type=_positive_int, default=None, help="score at most N questions")
-    p.add_argument(
+    g.add_argument(
         "--seed", type=int, default=0, help="seed of the shuffle before --limit and of --shots"
     )
-    p.add_argument(
+    g.add_argument(
         "--no-shuffle", action="store_true", help="with --limit, take the first N questions"
     )
-    p.add_argument("--adapter", default=None, help="PEFT adapter directory")
-    p.add_argument("--batch-size", type=_positive_int, default=8)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
-    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
-    p.add_argument(
-        "--trust-remote-code", action="store_true", help="allow custom model code from the hub"
+    g = add_group(p, "prompt")
+    g.add_argument(
+        "--mode",
+        choices=MODES,
+        default="letter",
+        help="letter: the answer letter's logits; cloze: each option's log-likelihood",
     )
-    p.add_argument(
+    g.add_argument(
+        "--normalization", choices=NORMALIZATIONS, default="mean", help="cloze length normalisation"
+    )
+    g.add_argument(
+        "--template", default=DEFAULT_TEMPLATE, help="prompt template (see `llmcal list`)"
+    )
+    g.add_argument(
+        "--shots",
+        "--num_fewshot",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="few-shot examples taken from the task (--num_fewshot: lm-eval's spelling)",
+    )
+    g.add_argument(
         "--permutations",
         choices=["cyclic", "all"],
         default=None,
         help="CAPE: average over option orderings (letter mode)",
     )
-    p.add_argument(
+    g.add_argument(
         "--permutation-cap", type=_positive_int, default=24, help="at most N orderings with 'all'"
     )
-    p.add_argument(
+    g = add_group(p, "endpoint")
+    g.add_argument(
         "--endpoint",
         action="append",
         default=None,
@@ -471,73 +648,121 @@ def build_parser() -> argparse.ArgumentParser:
         help="score through an OpenAI-compatible server (repeatable: load is spread); "
         "--model is then the served model name",
     )
-    p.add_argument(
+    g.add_argument(
         "--api-key-env", default=None, metavar="VAR", help="environment variable with the API key"
     )
-    p.add_argument("--concurrency", type=_positive_int, default=4, help="requests in flight")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request attempt")
-    p.add_argument("--retries", type=int, default=5, help="retries per request (backoff+jitter)")
-    p.add_argument("--top-k", type=_positive_int, default=20, help="top log-probs to request")
-    p.add_argument(
+    g.add_argument("--concurrency", type=_positive_int, default=4, help="requests in flight")
+    g.add_argument("--timeout", type=float, default=30.0, help="seconds per request attempt")
+    g.add_argument("--retries", type=int, default=5, help="retries per request (backoff+jitter)")
+    g.add_argument("--top-k", type=_positive_int, default=20, help="top log-probs to request")
+    g = add_group(p, "checkpoint")
+    g.add_argument(
         "--chunk-size",
         type=_positive_int,
         default=32,
         help="questions per checkpointed chunk (part of the run's identity)",
     )
-    p.add_argument(
+    g.add_argument(
         "--restart",
         action="store_true",
-        help="discard the checkpoint beside --out instead of resuming from it",
+        help="discard the checkpoint beside the output instead of resuming from it",
     )
-    p.add_argument("--out", required=True, help="output Scores file (.parquet)")
+    g = add_group(p, "output")
+    out = g.add_mutually_exclusive_group(required=True)
+    out.add_argument("--out", default=None, metavar="FILE", help="output Scores file (.parquet)")
+    out.add_argument(
+        "--out-dir",
+        default=None,
+        metavar="DIR",
+        help="output folder: one Scores file per --task, named TASK.parquet",
+    )
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("eval", help="calibration metrics of a Scores file")
+    p = _command(
+        sub,
+        "eval",
+        help="calibration metrics of a Scores file",
+        description="Accuracy, ECE (with a bootstrap CI), Brier, NLL, AUROC and more for one "
+        "labelled Scores file; optionally all metrics as JSON and a reliability diagram.",
+    )
     p.add_argument("scores", help="Scores file (.parquet) from llmcal score")
-    p.add_argument("--bins", type=_positive_int, default=15)
-    p.add_argument("--binning", choices=["width", "mass"], default="width")
-    p.add_argument("--no-ci", action="store_true", help="skip the bootstrap confidence interval")
-    p.add_argument("--resamples", type=_positive_int, default=1000, help="bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.add_argument("--subjects", action="store_true", help="also print the per-subject table")
-    p.add_argument("--json", default=None, help="write all metrics to this .json file")
-    p.add_argument("--plot", default=None, help="write a reliability diagram to this .png file")
+    g = add_group(p, "metric")
+    g.add_argument("--bins", type=_positive_int, default=15, help="number of ECE bins")
+    g.add_argument(
+        "--binning",
+        choices=["width", "mass"],
+        default="width",
+        help="equal-width or equal-mass ECE bins",
+    )
+    g.add_argument("--no-ci", action="store_true", help="skip the bootstrap confidence interval")
+    g.add_argument("--resamples", type=_positive_int, default=1000, help="bootstrap resamples")
+    g.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    g = add_group(p, "output")
+    g.add_argument("--subjects", action="store_true", help="also print the per-subject table")
+    g.add_argument(
+        "--json", default=None, metavar="FILE", help="write all metrics to this .json file"
+    )
+    g.add_argument(
+        "--plot", default=None, metavar="FILE", help="write a reliability diagram to this .png file"
+    )
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("fit", help="fit a calibrator on Scores → calibrator (.json)")
+    p = _command(
+        sub,
+        "fit",
+        help="fit a calibrator on Scores → calibrator (.json)",
+        description="Fit a calibrator on labelled Scores (DACA: on unlabelled Scores of a "
+        "post-trained model against its pre-trained reference) and save it as JSON.",
+    )
     p.add_argument("kind", choices=list(CALIBRATORS), help="calibrator kind")
     p.add_argument("scores", nargs="?", default=None, help="labelled Scores file (not for daca)")
-    p.add_argument("--target", default=None, help="daca: Scores of the post-trained model")
-    p.add_argument("--reference", default=None, help="daca: Scores of the pre-trained reference")
-    p.add_argument("--scaler", choices=["temperature", "vector", "matrix"], default="temperature")
-    p.add_argument(
+    g = add_group(p, "daca")
+    g.add_argument("--target", default=None, help="daca: Scores of the post-trained model")
+    g.add_argument("--reference", default=None, help="daca: Scores of the pre-trained reference")
+    g.add_argument(
+        "--scaler",
+        choices=["temperature", "vector", "matrix"],
+        default="temperature",
+        help="daca: the map fitted to the reference",
+    )
+    g.add_argument(
         "--mask",
         choices=["agree", "none", "disagree"],
         default="agree",
         help="daca: which questions to fit on",
     )
-    p.add_argument(
+    g.add_argument(
         "--parity",
         action="store_true",
         help="daca: the authors' Adam loop instead of the exact solver",
     )
-    p.add_argument(
+    g.add_argument(
         "--align",
         choices=["exact", "inner"],
         default="exact",
         help="daca: require the same questions, or use the common ones",
     )
-    p.add_argument("--bins", type=_positive_int, default=15, help="histogram: number of bins")
-    p.add_argument("--out", required=True, help="output calibrator file (.json)")
+    g = add_group(p, "calibrator")
+    g.add_argument("--bins", type=_positive_int, default=15, help="histogram: number of bins")
+    g = add_group(p, "output")
+    g.add_argument("--out", required=True, metavar="FILE", help="output calibrator file (.json)")
     p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("apply", help="apply a calibrator to Scores → calibrated Scores")
+    p = _command(
+        sub,
+        "apply",
+        help="apply a calibrator to Scores → calibrated Scores",
+        description="Apply a calibrator from llmcal fit to Scores; warns when the Scores come "
+        "from another task, model, template or option count than the calibrator was fitted on.",
+    )
     p.add_argument("calibrator", help="calibrator file (.json) from llmcal fit")
     p.add_argument("scores", help="Scores file (.parquet) to calibrate")
-    p.add_argument("--out", required=True, help="output Scores file (.parquet)")
+    g = add_group(p, "output")
+    g.add_argument("--out", required=True, metavar="FILE", help="output Scores file (.parquet)")
     p.set_defaults(func=cmd_apply)
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "report",
         help="calibration report of Scores files → HTML, JSON or Markdown",
         description="Summary metrics with CIs, reliability diagrams, selective accuracy, "
@@ -546,112 +771,189 @@ def build_parser() -> argparse.ArgumentParser:
         "each RUN with the one before it and each calibrated run with the RUN it came from.",
     )
     p.add_argument("runs", nargs="+", metavar="RUN", help="labelled Scores files (.parquet)")
-    p.add_argument(
+    g = add_group(p, "run")
+    g.add_argument(
         "--calibrator",
         action="append",
         default=None,
         metavar="CAL.json",
         help="apply this calibrator to the last RUN and add the result as a run (repeatable)",
     )
-    p.add_argument(
+    g.add_argument(
         "--labels",
         default=None,
         help="comma-separated display names, one per run: the RUN files, then the calibrated runs",
     )
-    p.add_argument(
-        "--format",
-        choices=["html", "json", "md"],
-        default=None,
-        help="output format (default: from the --out suffix)",
+    g = add_group(p, "metric")
+    g.add_argument("--bins", type=_positive_int, default=15, help="number of ECE bins")
+    g.add_argument(
+        "--binning",
+        choices=["width", "mass"],
+        default="width",
+        help="equal-width or equal-mass ECE bins",
     )
-    p.add_argument("--title", default="Calibration report", help="report title")
-    p.add_argument("--bins", type=_positive_int, default=15)
-    p.add_argument("--binning", choices=["width", "mass"], default="width")
-    p.add_argument("--resamples", type=_positive_int, default=1000, help="bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.add_argument(
+    g.add_argument("--resamples", type=_positive_int, default=1000, help="bootstrap resamples")
+    g.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    g.add_argument(
         "--tolerance",
         type=float,
         default=0.01,
         help="drift: confidence changes up to this count as unchanged",
     )
-    p.add_argument("--out", required=True, help="output file (.html, .json or .md)")
+    g = add_group(p, "output")
+    g.add_argument(
+        "--format",
+        choices=["html", "json", "md"],
+        default=None,
+        help="output format (default: from the --out suffix)",
+    )
+    g.add_argument("--title", default="Calibration report", help="report title")
+    g.add_argument("--out", required=True, metavar="FILE", help="output file (.html, .json or .md)")
     p.set_defaults(func=cmd_report)
 
     _add_finetune_parser(sub)
 
-    p = sub.add_parser("demo", help="score both bundled models on the synthetic task")
-    p.add_argument("--out-dir", default="llmcal-demo", help="where Scores and the diagram go")
+    p = _command(
+        sub,
+        "demo",
+        help="score both bundled models on the synthetic task",
+        description="Score both bundled models on the synthetic task, fit DACA and temperature "
+        "scaling, and write the Scores, calibrators and a reliability diagram to one folder.",
+    )
+    p.add_argument(
+        "--out-dir", default="llmcal-demo", metavar="DIR", help="where Scores and the diagram go"
+    )
     p.add_argument("--n", type=_positive_int, default=300, help="number of synthetic questions")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic questions")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="questions per forward pass")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("list", help="built-in tasks, templates and bundled models")
+    p = _command(sub, "list", help="built-in tasks, templates and bundled models")
     p.set_defaults(func=cmd_list)
     return parser
 
 
 def _add_finetune_parser(sub: Any) -> None:
+    from llmcal._cliutil import add_group, limit_type
     from llmcal.finetune.config import BASE_LOSSES, METHODS
     from llmcal.tasks.templates import DEFAULT_TEMPLATE
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "finetune",
         help="calibration-aware LoRA fine-tuning (CogCalib, CFT, RCFT, …) → adapter folder",
         description="Seeded train / cal / test split of the task, LoRA fine-tuning on the "
-        "Hugging Face Trainer (resumable with --resume), the adapter saved to --out, and a "
-        "before / after table on the test split. Score with `llmcal score --adapter OUT`.",
+        "Hugging Face Trainer (resumable with --resume), the adapter saved to --out-dir, and a "
+        "before / after table on the test split. Score with `llmcal score --adapter DIR`.",
     )
-    p.add_argument("--model", required=True, help="bundled alias, .gguf file, model dir, hub id")
-    p.add_argument("--task", required=True, help="built-in task name, 'synthetic', or a data file")
-    p.add_argument("--data-dir", default=None, help="folder of canonical JSONL files")
-    p.add_argument("--columns", default=None, help="column mapping for CSV/Parquet files")
-    p.add_argument("--split", default=None, help="dataset split for hub datasets")
-    p.add_argument("--subject", action="append", default=None, help="keep only this subject")
-    p.add_argument("--method", choices=list(METHODS), default="sft")
-    p.add_argument("--loss", choices=BASE_LOSSES, default=None, help="override the base loss")
-    p.add_argument("--alpha", type=float, default=None, help="weight of the calibration term")
-    p.add_argument("--margin", type=float, default=10.0, help="MbLS margin")
-    p.add_argument("--style-steps", type=int, default=None, help="CogCalib plain-CE steps first")
-    p.add_argument("--refresh-every", type=_positive_int, default=None, help="threshold refresh")
-    p.add_argument("--lora-r", type=_positive_int, default=8)
-    p.add_argument("--lora-alpha", type=_positive_int, default=None, help="default 2 × r")
-    p.add_argument("--lora-targets", default=None, help="comma-separated module names")
-    p.add_argument("--lr", type=float, default=1e-4, help="learning rate")
-    p.add_argument("--batch-size", type=_positive_int, default=8)
-    p.add_argument("--grad-accum", type=_positive_int, default=1)
-    length = p.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=float, default=None, help="default 1")
-    length.add_argument("--max-steps", type=_positive_int, default=None)
-    p.add_argument("--max-length", type=_positive_int, default=None, help="truncate prompts")
-    p.add_argument(
+    g = add_group(p, "model")
+    g.add_argument("--model", required=True, help="bundled alias, .gguf file, model dir, hub id")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
+    g = add_group(p, "data")
+    g.add_argument("--task", required=True, help="built-in task name, 'synthetic', or a data file")
+    g.add_argument("--data-dir", default=None, help="folder of canonical JSONL files")
+    g.add_argument("--columns", default=None, help="column mapping for CSV/Parquet files")
+    g.add_argument("--split", default=None, help="dataset split for hub datasets")
+    g.add_argument("--subject", action="append", default=None, help="keep only this subject")
+    g.add_argument(
+        "--limit",
+        type=limit_type,
+        default=None,
+        metavar="N",
+        help="use at most N questions; 0 < N < 1 is a fraction of the task",
+    )
+    g.add_argument(
+        "--cal-fraction",
+        type=float,
+        default=None,
+        help="calibration split (default .1 for cogcalib)",
+    )
+    g.add_argument("--test-fraction", type=float, default=0.2, help="test split")
+    g.add_argument("--seed", type=int, default=0, help="seed of the split and the training")
+    g.add_argument("--template", default=DEFAULT_TEMPLATE, help="zero-shot prompt template")
+    g.add_argument(
         "--balance-letters",
         action="store_true",
         help="permute training options so each answer letter is equally frequent",
     )
-    p.add_argument("--template", default=DEFAULT_TEMPLATE, help="zero-shot prompt template")
-    p.add_argument("--limit", type=_positive_int, default=None, help="use at most N questions")
-    p.add_argument("--cal-fraction", type=float, default=None, help="default .1 for cogcalib")
-    p.add_argument("--test-fraction", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0, help="seed of the split and the training")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    p.add_argument("--save-steps", type=_positive_int, default=50, help="checkpoint interval")
-    p.add_argument("--keep-checkpoints", action="store_true")
-    p.add_argument("--no-eval", action="store_true", help="skip the before / after table")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True, help="adapter folder to write")
+    g = add_group(p, "method")
+    g.add_argument("--method", choices=list(METHODS), default="sft", help="training objective")
+    g.add_argument("--loss", choices=BASE_LOSSES, default=None, help="override the base loss")
+    g.add_argument("--alpha", type=float, default=None, help="weight of the calibration term")
+    g.add_argument("--margin", type=float, default=10.0, help="MbLS margin")
+    g.add_argument("--style-steps", type=int, default=None, help="CogCalib: plain-CE steps first")
+    g.add_argument(
+        "--refresh-every",
+        type=_positive_int,
+        default=None,
+        help="CogCalib: refit the threshold every N steps (default once per epoch)",
+    )
+    g = add_group(p, "LoRA")
+    g.add_argument("--lora-r", type=_positive_int, default=8, help="LoRA rank")
+    g.add_argument("--lora-alpha", type=_positive_int, default=None, help="default 2 × r")
+    g.add_argument(
+        "--lora-targets",
+        default=None,
+        help="comma-separated module names (default q_proj,v_proj; all-linear for cft/rcft)",
+    )
+    g = add_group(p, "training")
+    g.add_argument("--lr", type=float, default=1e-4, help="learning rate")
+    g.add_argument(
+        "--batch-size", type=_positive_int, default=8, help="questions per device per step"
+    )
+    g.add_argument(
+        "--grad-accum", type=_positive_int, default=1, help="gradient accumulation steps"
+    )
+    length = g.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=float, default=None, help="training epochs (default 1)")
+    length.add_argument(
+        "--max-steps", type=_positive_int, default=None, help="stop after N optimizer steps"
+    )
+    g.add_argument("--max-length", type=_positive_int, default=None, help="truncate prompts")
+    g = add_group(p, "checkpoint")
+    g.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    g.add_argument("--save-steps", type=_positive_int, default=50, help="checkpoint every N steps")
+    g.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep the Trainer checkpoints after the adapter is saved",
+    )
+    g = add_group(p, "evaluation")
+    g.add_argument(
+        "--no-eval", action="store_true", help="skip the before / after table on the test split"
+    )
+    g.add_argument(
+        "--eval-limit",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="evaluate before / after on at most N test questions (default: the whole split)",
+    )
+    g = add_group(p, "output")
+    g.add_argument(
+        "--out-dir",
+        "--out",
+        dest="out",
+        required=True,
+        metavar="DIR",
+        help="adapter folder to write",
+    )
     p.set_defaults(func=cmd_finetune)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llmcal`` console script."""
+    from llmcal._cliutil import Parser, one_line_warnings
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    Parser.argv, Parser.root = argv, parser
     args = parser.parse_args(argv)
     if getattr(args, "data_dir", None) is None and "LLMCAL_DATA_DIR" in os.environ:
         args.data_dir = os.environ["LLMCAL_DATA_DIR"]
     try:
-        return int(args.func(args))
+        with one_line_warnings():
+            return int(args.func(args))
     except LLMCalError as exc:
         print(f"llmcal: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

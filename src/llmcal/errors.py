@@ -29,3 +29,10 @@ class CalibrationError(LLMCalError):
 
 class EndpointError(LLMCalError):
     """An inference server failed, stayed down, or does not support what the run needs."""
+
+
+class LLMCalWarning(UserWarning):
+    """Base class of llmcal's warnings: the result stands but a careful user should look.
+
+    The CLI prints each as one line ``llmcal: warning: …`` on stderr.
+    """

@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from llmcal._io import atomic_write_text
 from llmcal._version import __version__
-from llmcal.errors import CalibrationError
+from llmcal.errors import CalibrationError, LLMCalWarning
 from llmcal.scores import Scores
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ _PROVENANCE = ("task", "model", "template", "mode", "backend", "logit_kind")
 _MAX_INLINE_PARAMS = 2000  # characters of JSON; larger params are left out of Scores meta
 
 
-class CalibrationWarning(UserWarning):
+class CalibrationWarning(LLMCalWarning):
     """A fit finished but its result needs attention (divergence, non-convergence)."""
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from llmcal._cliutil import resolve_limit
 from llmcal._io import atomic_write_text
 from llmcal.errors import ConfigError
 from llmcal.finetune.config import FinetuneConfig
@@ -82,11 +83,15 @@ def evaluate_runs(
     """Letter-mode metrics of the model (with the adapter, if any) on each task."""
     from llmcal.finetune.run import evaluation_metrics
     from llmcal.models import HFScorer
+    from llmcal.progress import progress
 
     scorer = HFScorer(model, adapter=adapter, device=device, progress=True)
-    return {
-        name: evaluation_metrics(scorer.score(t, template=template)) for name, t in tasks.items()
-    }
+    who = f"{model} + adapter" if adapter is not None else model
+    rows = {}
+    for name, t in tasks.items():
+        with progress(len(t), f"evaluating {who} on the {name} split"):
+            rows[name] = evaluation_metrics(scorer.score(t, template=template))
+    return rows
 
 
 def eval_table(rows: dict[str, dict[str, float]]) -> str:
@@ -102,20 +107,31 @@ def eval_table(rows: dict[str, dict[str, float]]) -> str:
 def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
     """Split ``task``, fine-tune, save the adapter to ``args.out``, evaluate; return a summary."""
     from llmcal.finetune.run import SUMMARY_FILE, finetune
+    from llmcal.progress import note
 
     out = check_adapter_out(args.out)
     config = config_from_args(args)
-    task = task.subset(args.limit, seed=args.seed)
+    eval_limit = getattr(args, "eval_limit", None)
+    task = task.subset(resolve_limit(args.limit, len(task)), seed=args.seed)
     cal_fraction = args.cal_fraction
     if cal_fraction is None:
         cal_fraction = 0.1 if config.gated else 0.0
     if config.gated and cal_fraction <= 0:
         raise ConfigError(f"--method {config.method} needs a calibration split: --cal-fraction > 0")
     parts = split_task(task, cal_fraction, args.test_fraction, args.seed)
+    if args.no_eval or "test" not in parts:
+        plan = "; no before / after evaluation"
+    else:
+        n_eval = len(parts["test"]) if eval_limit is None else min(eval_limit, len(parts["test"]))
+        plan = (
+            f"; then a before / after evaluation on {n_eval} test questions (two scoring passes; "
+            "size them with --eval-limit N, skip them with --no-eval)"
+        )
     print(
         f"fine-tuning {args.model} with {config.method} on {len(parts['train'])} questions"
         + (f" (cal {len(parts['cal'])})" if "cal" in parts else "")
-        + (f", test {len(parts['test'])}" if "test" in parts else ""),
+        + (f", test {len(parts['test'])}" if "test" in parts else "")
+        + plan,
         flush=True,
     )
     result = finetune(
@@ -132,7 +148,11 @@ def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
     )
     summary: dict[str, Any] = {"adapter": str(out), "steps": result.steps}
     if "test" in parts and not args.no_eval:
-        tests = {"test": parts["test"]}
+        test = parts["test"]
+        if eval_limit is not None and eval_limit < len(test):
+            test = test.subset(eval_limit, seed=args.seed)
+        tests = {"test": test}
+        note(f"training done ({result.steps} steps); evaluating on {len(test)} test questions")
         before = evaluate_runs(args.model, None, tests, config.template, args.device)["test"]
         after = evaluate_runs(args.model, out, tests, config.template, args.device)["test"]
         rows = {f"{args.model} (before)": before, f"+ {config.method} adapter": after}

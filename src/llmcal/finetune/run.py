@@ -118,9 +118,11 @@ def finetune(
         CogCalibCallback,
         EStepCallback,
         ListDataset,
+        StepProgress,
         StepTimer,
     )
     from llmcal.models.hf import HFScorer
+    from llmcal.progress import style as progress_style
 
     out = Path(out)
     if config.gated and (cal is None or len(cal) == 0):
@@ -144,6 +146,7 @@ def finetune(
     set_seed(config.seed)
     peft_model = get_peft_model(scorer.model, _lora_config(config))
     ckpt = checkpoint_dir_for(out)
+    plain = progress and progress_style() == "plain"  # no terminal: lines, not a tqdm bar
     arg_values: dict[str, Any] = dict(
         output_dir=str(ckpt),
         per_device_train_batch_size=config.batch_size,
@@ -162,7 +165,7 @@ def finetune(
         seed=config.seed,
         data_seed=config.seed,
         remove_unused_columns=False,
-        disable_tqdm=not progress,
+        disable_tqdm=not progress or plain,
         dataloader_num_workers=0,
         use_cpu=scorer.device == "cpu",
         ddp_find_unused_parameters=False,
@@ -179,6 +182,8 @@ def finetune(
         cal_dataset=cal_ds,
     )
     trainer.add_callback(StepTimer(trainer))
+    if plain:
+        trainer.add_callback(StepProgress(f"training {model} ({config.method})"))
     if config.gated:
         trainer.add_callback(CogCalibCallback(trainer, config.style_steps, config.refresh_every))
     if config.regulariser == "ece":

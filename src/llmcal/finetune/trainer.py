@@ -38,6 +38,7 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 
 from llmcal.finetune import losses as L
 from llmcal.finetune.config import FinetuneConfig
+from llmcal.progress import progress
 
 DIAG_KEYS = (
     "n",
@@ -142,7 +143,7 @@ class CalibrationTrainer(Trainer):
 
     @torch.no_grad()
     def dataset_option_logits(
-        self, dataset: ListDataset, shard: bool = False
+        self, dataset: ListDataset, shard: bool = False, desc: str = "scoring option logits"
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Option logits, labels and option masks of a dataset under the current weights.
 
@@ -158,15 +159,18 @@ class CalibrationTrainer(Trainer):
         zs, ys, ms = [], [], []
         bs = self.args.per_device_train_batch_size
         order = sorted(idx, key=lambda i: -len(dataset[i]["input_ids"]))
-        for start in range(0, len(order), bs):
-            batch = collate([dataset[i] for i in order[start : start + bs]])
-            batch = {k: v.to(self.args.device) for k, v in batch.items()}
-            logits = self._forward(model, batch, full=False)
-            at = batch["answer_pos"] - (batch["input_ids"].shape[1] - logits.shape[1])
-            z = self._option_logits(logits[torch.arange(logits.shape[0]), at])
-            zs.append(z.float().cpu())
-            ys.append(batch["option_label"].cpu())
-            ms.append(batch["option_mask"].cpu())
+        shown = self.is_world_process_zero()
+        with progress(len(order), f"{desc} (step {self.state.global_step})", enabled=shown) as bar:
+            for start in range(0, len(order), bs):
+                batch = collate([dataset[i] for i in order[start : start + bs]])
+                batch = {k: v.to(self.args.device) for k, v in batch.items()}
+                logits = self._forward(model, batch, full=False)
+                at = batch["answer_pos"] - (batch["input_ids"].shape[1] - logits.shape[1])
+                z = self._option_logits(logits[torch.arange(logits.shape[0]), at])
+                zs.append(z.float().cpu())
+                ys.append(batch["option_label"].cpu())
+                ms.append(batch["option_mask"].cpu())
+                bar.update(len(order[start : start + bs]))
         if was_training:
             model.train()
         k = len(self.option_ids)
@@ -180,7 +184,7 @@ class CalibrationTrainer(Trainer):
         if self.cal_dataset is None:
             raise ValueError("CogCalib needs a calibration split")
         start = time.perf_counter()
-        z, y, m = self.dataset_option_logits(self.cal_dataset)
+        z, y, m = self.dataset_option_logits(self.cal_dataset, desc="gating pass on the cal split")
         nll = L.option_nll(z, y, m)
         current = z.masked_fill(~m, float("-inf")).argmax(-1) == y
         known = current
@@ -204,7 +208,9 @@ class CalibrationTrainer(Trainer):
     def record_initial_known(self) -> None:
         """D_cal correctness of the model before training (gate_reference="initial")."""
         if self.cal_dataset is not None:
-            z, y, m = self.dataset_option_logits(self.cal_dataset)
+            z, y, m = self.dataset_option_logits(
+                self.cal_dataset, desc="initial correctness on the cal split"
+            )
             self.initial_known = z.masked_fill(~m, float("-inf")).argmax(-1) == y
 
     # -- RCFT ----------------------------------------------------------------------------------
@@ -213,7 +219,9 @@ class CalibrationTrainer(Trainer):
         dataset = self.train_dataset
         assert isinstance(dataset, ListDataset)
         start = time.perf_counter()
-        z, y, m = self.dataset_option_logits(dataset, shard=True)
+        z, y, m = self.dataset_option_logits(
+            dataset, shard=True, desc="E-step over the train split"
+        )
         p = torch.softmax(z.masked_fill(~m, float("-inf")), -1)
         counts, hits = L.e_step_stats(p.max(-1).values, (p.argmax(-1) == y).double())
         counts, hits = self._all_sum(counts), self._all_sum(hits)
@@ -447,3 +455,35 @@ class StepTimer(TrainerCallback):
     ) -> None:
         """Stop the clock (runs before the schedule callbacks, which are added after it)."""
         self.trainer.timings["step"].append(time.perf_counter() - self._start)
+
+
+class StepProgress(TrainerCallback):
+    """Optimizer steps as llmcal progress lines (used where tqdm would not draw: not a TTY)."""
+
+    def __init__(self, desc: str) -> None:
+        self.desc = desc
+        self.bar: Any = None
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        """Open the progress over ``state.max_steps`` (from the resumed step on)."""
+        if state.is_world_process_zero:
+            self.bar = progress(
+                state.max_steps, self.desc, unit="steps", initial=state.global_step, nest=False
+            ).__enter__()
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        """One step done."""
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        """Close it (the final line)."""
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None

@@ -199,7 +199,8 @@ class CheckpointedScorer:
 
     ``score_fn(scorer, task, **kwargs)`` replaces ``scorer.score`` (e.g. CAPE's ``score_cape``);
     ``extra_key`` adds settings of that function to the key. ``progress`` shows one bar over
-    the whole task.
+    the whole task (``False``: silent), which the wrapped scorer's own bar moves per batch
+    (see :mod:`llmcal.progress`); a resumed run first says how many questions it resumes.
     """
 
     def __init__(
@@ -287,15 +288,23 @@ class CheckpointedScorer:
             "normalization": normalization,
             "shots": shots,
         }
+        if self.resumed_rows and self.progress is not False:
+            from llmcal.progress import note
+
+            note(
+                f"resuming {self.resumed_rows} of {len(task)} questions from {self.path}; "
+                f"scoring the other {len(task) - self.resumed_rows}"
+            )
         with self._bar(len(task), self.resumed_rows) as bar:
             for index, questions in enumerate(chunks):
                 if index in done:
                     continue
                 sub = Task(task.name, questions, task.metadata)
-                if self.score_fn is None:
-                    part = self.scorer.score(sub, **kwargs)
-                else:
-                    part = self.score_fn(self.scorer, sub, **kwargs)
+                with bar.span(len(questions)):  # the scorer's own bar moves this one per batch
+                    if self.score_fn is None:
+                        part = self.scorer.score(sub, **kwargs)
+                    else:
+                        part = self.score_fn(self.scorer, sub, **kwargs)
                 meta = {
                     k: v
                     for k, v in part.meta.items()
@@ -307,7 +316,6 @@ class CheckpointedScorer:
                 ]
                 ckpt.add(index, [q.id for q in questions], rows, _jsonable(meta))
                 self.scored_rows += len(questions)
-                bar.update(len(questions))
                 if self.on_chunk is not None:
                     self.on_chunk(index, len(chunks))
         rows_all = [row for i in range(len(chunks)) for row in ckpt.chunks[i]["rows"]]
@@ -321,14 +329,8 @@ class CheckpointedScorer:
         self.path.unlink(missing_ok=True)
 
     def _bar(self, total: int, initial: int) -> Any:
-        from tqdm.auto import tqdm
+        from llmcal.progress import progress
 
-        disable = not self.progress if self.progress is not None else None
-        return tqdm(
-            total=total,
-            initial=initial,
-            desc=f"scoring {self.name}",
-            unit="q",
-            disable=disable,
-            leave=False,
+        return progress(
+            total, f"scoring {self.name}", unit="q", initial=initial, enabled=self.progress
         )

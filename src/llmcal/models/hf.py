@@ -635,9 +635,6 @@ class HFScorer:
         return out.logits.float()
 
     def _bar(self, total: int) -> Any:
-        from tqdm.auto import tqdm
+        from llmcal.progress import progress
 
-        disable = not self.progress if self.progress is not None else None
-        return tqdm(
-            total=total, desc=f"scoring {self.name}", unit="q", disable=disable, leave=False
-        )
+        return progress(total, f"scoring {self.name}", unit="q", enabled=self.progress)

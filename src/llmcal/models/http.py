@@ -623,12 +623,9 @@ class HTTPScorer:
         }
 
     def _bar(self, total: int) -> Any:
-        from tqdm.auto import tqdm
+        from llmcal.progress import progress
 
-        disable = not self.progress if self.progress is not None else None
-        return tqdm(
-            total=total, desc=f"scoring {self.model}", unit="req", disable=disable, leave=False
-        )
+        return progress(total, f"scoring {self.model}", unit="req", enabled=self.progress)
 
 
 def continuation_logprob(lp: dict[str, Any], start: int, end: int, qid: str) -> tuple[float, int]:
