@@ -236,16 +236,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit a calibrator on Scores and save it as a JSON artefact."""
-    from llmcal.calibrate import CALIBRATORS, DACA
+    from llmcal.calibrate import CALIBRATORS
     from llmcal.scores import Scores
 
     out = _out_path(args.out, [".json"], "--out")
-    if args.kind == "daca":
+    if args.kind in ("daca", "daca-subject"):
         if args.scores or not (args.target and args.reference):
             raise ConfigError(
                 "llmcal fit daca takes --target POLM.parquet --reference PLM.parquet (no positional file)"
             )
-        cal: Any = DACA(scaler=args.scaler, mask=args.mask, parity=args.parity, align=args.align)
+        cal: Any = _daca_calibrator(args)
         cal.fit(target=Scores.load(args.target), reference=Scores.load(args.reference))
     else:
         if not args.scores or args.target or args.reference:
@@ -257,11 +257,43 @@ def cmd_fit(args: argparse.Namespace) -> int:
         cal = CALIBRATORS[args.kind](**options).fit(Scores.load(args.scores))
     cal.save(out)
     params = cal.get_params()
-    shown = {k: v for k, v in params.items() if not isinstance(v, list) or len(v) <= 8}
+    shown = {k: v for k, v in params.items() if not isinstance(v, list | dict) or len(v) <= 8}
     info = cal.fit_info_ or {}
-    _print(f"fitted {args.kind} on {info.get('n_used', info.get('n'))} questions: {shown}")
+    _print(f"fitted {cal.kind} on {info.get('n_used', info.get('n'))} questions: {shown}")
+    if cal.kind == "daca-subject":
+        taus = sorted(params["temperatures"].values())
+        _print(
+            f"{info['n_subjects']} subjects, τ from {taus[0]:.4g} to {taus[-1]:.4g}; "
+            f"{info['n_fallback']} with no agreeing question kept τ = 1"
+            + (f" ({', '.join(params['fallback_subjects'][:5])})" if info["n_fallback"] else "")
+        )
+    elif info.get("fallback"):
+        _print("no question agreed: kept τ = 1 (--no-agreement fallback)")
     _print(f"wrote {out}")
     return 0
+
+
+def _daca_calibrator(args: argparse.Namespace) -> Any:
+    """DACA (one τ) or SubjectDACA (``--per-subject``) from the ``llmcal fit`` options."""
+    from llmcal.calibrate import DACA, SubjectDACA
+
+    if args.per_subject or args.kind == "daca-subject":
+        if args.scaler != "temperature":
+            raise ConfigError("--per-subject fits one temperature per subject: drop --scaler")
+        return SubjectDACA(
+            mask=args.mask,
+            parity=args.parity,
+            align=args.align,
+            no_agreement=args.no_agreement or "fallback",
+            unseen=args.unseen,
+        )
+    return DACA(
+        scaler=args.scaler,
+        mask=args.mask,
+        parity=args.parity,
+        align=args.align,
+        no_agreement=args.no_agreement or "error",
+    )
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -527,6 +559,24 @@ def build_parser() -> argparse.ArgumentParser:
         default="exact",
         help="daca: require the same questions, or use the common ones",
     )
+    p.add_argument(
+        "--per-subject",
+        action="store_true",
+        help="daca: one τ per subject (the paper's MMLU protocol) → a daca-subject calibrator",
+    )
+    p.add_argument(
+        "--no-agreement",
+        choices=["fallback", "error"],
+        default=None,
+        help="daca: with no agreeing question keep τ = 1 or fail "
+        "(default: fallback per subject, error otherwise)",
+    )
+    p.add_argument(
+        "--unseen",
+        choices=["pooled", "identity", "error"],
+        default="pooled",
+        help="daca --per-subject: τ for subjects not in the fit (pooled DACA τ, 1, or fail)",
+    )
     p.add_argument("--bins", type=_positive_int, default=15, help="histogram: number of bins")
     p.add_argument("--out", required=True, help="output calibrator file (.json)")
     p.set_defaults(func=cmd_fit)
@@ -593,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_finetune_parser(sub: Any) -> None:
-    from llmcal.finetune.config import BASE_LOSSES, METHODS
+    from llmcal.finetune.config import BASE_LOSSES, METHODS, PRESETS, SCHEDULERS
     from llmcal.tasks.templates import DEFAULT_TEMPLATE
 
     p = sub.add_parser(
@@ -609,18 +659,70 @@ def _add_finetune_parser(sub: Any) -> None:
     p.add_argument("--columns", default=None, help="column mapping for CSV/Parquet files")
     p.add_argument("--split", default=None, help="dataset split for hub datasets")
     p.add_argument("--subject", action="append", default=None, help="keep only this subject")
-    p.add_argument("--method", choices=list(METHODS), default="sft")
+    p.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default=None,
+        help="the spec's settings by name; explicit options override them",
+    )
+    p.add_argument("--method", choices=list(METHODS), default=None, help="default sft")
     p.add_argument("--loss", choices=BASE_LOSSES, default=None, help="override the base loss")
     p.add_argument("--alpha", type=float, default=None, help="weight of the calibration term")
-    p.add_argument("--margin", type=float, default=10.0, help="MbLS margin")
+    p.add_argument("--margin", type=float, default=None, help="MbLS margin (default 10)")
     p.add_argument("--style-steps", type=int, default=None, help="CogCalib plain-CE steps first")
-    p.add_argument("--refresh-every", type=_positive_int, default=None, help="threshold refresh")
-    p.add_argument("--lora-r", type=_positive_int, default=8)
+    p.add_argument(
+        "--refresh-every",
+        type=_positive_int,
+        default=None,
+        help="CogCalib: refit t every N steps (default: each epoch or --refresh-max-steps)",
+    )
+    p.add_argument(
+        "--refresh-max-steps",
+        type=_positive_int,
+        default=None,
+        help="CogCalib default schedule: at most this many steps between refits (500)",
+    )
+    p.add_argument(
+        "--gate-reference",
+        choices=["current", "initial"],
+        default=None,
+        help="CogCalib: known labels on the cal split from the current or the initial model",
+    )
+    p.add_argument(
+        "--ece-weighting",
+        choices=["batch", "code"],
+        default=None,
+        help="RCFT: L_SFT + λ·batch-mean L_ECE, or the authors' (1−α)·L_SFT + α·1e-3·L_ECE",
+    )
+    p.add_argument(
+        "--e-step-every",
+        type=int,
+        default=None,
+        help="RCFT: steps between E-steps (default every epoch; 0 = once, as the code)",
+    )
+    p.add_argument(
+        "--ece-only",
+        action="store_true",
+        default=None,
+        help="RCFT ablation: train on the L_ECE term alone (no SFT term)",
+    )
+    p.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=None,
+        help="full-vocabulary ε on the completion / full-sequence SFT tokens",
+    )
+    p.add_argument("--lora-r", type=_positive_int, default=None, help="default 8")
     p.add_argument("--lora-alpha", type=_positive_int, default=None, help="default 2 × r")
+    p.add_argument("--lora-dropout", type=float, default=None, help="default 0")
     p.add_argument("--lora-targets", default=None, help="comma-separated module names")
-    p.add_argument("--lr", type=float, default=1e-4, help="learning rate")
-    p.add_argument("--batch-size", type=_positive_int, default=8)
-    p.add_argument("--grad-accum", type=_positive_int, default=1)
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-4)")
+    p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (0)")
+    p.add_argument("--adam-eps", type=float, default=None, help="AdamW epsilon (1e-8)")
+    p.add_argument("--scheduler", choices=list(SCHEDULERS), default=None, help="default linear")
+    p.add_argument("--warmup-ratio", type=float, default=None, help="warm-up fraction (0.06)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="default 8")
+    p.add_argument("--grad-accum", type=_positive_int, default=None, help="default 1")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=float, default=None, help="default 1")
     length.add_argument("--max-steps", type=_positive_int, default=None)
@@ -628,13 +730,31 @@ def _add_finetune_parser(sub: Any) -> None:
     p.add_argument(
         "--balance-letters",
         action="store_true",
+        default=None,
         help="permute training options so each answer letter is equally frequent",
     )
-    p.add_argument("--template", default=DEFAULT_TEMPLATE, help="zero-shot prompt template")
+    p.add_argument(
+        "--template",
+        default=None,
+        help=f"zero-shot prompt template (default {DEFAULT_TEMPLATE}; cft = the CFT format)",
+    )
+    p.add_argument(
+        "--letter-sep",
+        choices=["auto", "bare", "space"],
+        default=None,
+        help="cft template: letter token 'A' or ' A' (auto: where the model puts more mass)",
+    )
+    p.add_argument(
+        "--report-knowledge",
+        action="store_true",
+        help="label the training split known / maybe / weakly / unknown (SliCK) first",
+    )
+    p.add_argument("--knowledge-prompts", type=_positive_int, default=10)
+    p.add_argument("--knowledge-shots", type=int, default=4)
     p.add_argument("--limit", type=_positive_int, default=None, help="use at most N questions")
     p.add_argument("--cal-fraction", type=float, default=None, help="default .1 for cogcalib")
     p.add_argument("--test-fraction", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0, help="seed of the split and the training")
+    p.add_argument("--seed", type=int, default=None, help="seed of the split and training (0)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--save-steps", type=_positive_int, default=50, help="checkpoint interval")
     p.add_argument("--keep-checkpoints", action="store_true")
