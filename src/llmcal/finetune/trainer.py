@@ -14,7 +14,8 @@ Where this differs from the authors' released RCFT code (cft_rcft.md; CogCalib h
   are read at the last prompt position (the code's ``"### Answer:{L}"`` can merge ":A" into
   one token, so its position −2 may score the wrong token; §7.8);
 * RCFT's base loss is the full-sequence SFT2 of the paper (the code uses completion-only SFT1);
-* the E-step is re-run every epoch (or every N steps) by a callback (the code runs it once);
+* the E-step is re-run every epoch (or every N steps) by a callback (the code runs it once:
+  ``e_step_every=0``);
 * the targets are detached (EM), K comes from each question (the code hard-codes K − 1 = 3),
   and an empty bin takes the nearest non-empty bin's accuracy (the code's ``nan_to_num`` gives
   0; see :mod:`llmcal.finetune.losses`);
@@ -27,8 +28,9 @@ Where this differs from the authors' released RCFT code (cft_rcft.md; CogCalib h
 * ``ece_only`` drops the SFT term (the §6.3 ECE-only ablation) in either weighting;
 * epochs are the Trainer's own (the code calls ``super().train()`` once per epoch: 5 × 5 passes).
 
-CogCalib's spec puts LoRA on ``lm_head`` too; the default targets leave it out because both
-bundled models tie it to the input embeddings, which a merged adapter would then change too.
+CogCalib's spec puts LoRA on ``lm_head`` too, and so does ``--preset cogcalib-paper``; the plain
+defaults leave it out because both bundled models tie it to the input embeddings, which a
+merged adapter would then change too.
 """
 
 from __future__ import annotations
