@@ -1,73 +1,104 @@
-"""Calibration-aware LoRA fine-tuning on the bundled models, CPU-sized.
+"""Calibration-aware LoRA fine-tuning on the bundled models, at a scale that can show effects.
 
 Studies (see ../shared/methods/cogcalib.md and cft_rcft.md):
 
-1. CogCalib on Gemma-3-270M (base): vanilla SFT, TS on vanilla, uniform LS / MbLS / ECP,
-   CoLS / CoMbLS / CoECP; in-domain (ARC-Easy + OpenBookQA) and out-of-domain (MMLU subjects).
-2. CFT / RCFT on SmolLM2-135M-Instruct (aligned): as-is, TS, CFT, RCFT, LS (full-vocabulary
-   label smoothing on CFT's completion loss, cft_rcft.md §7.15).
-3. The CogCalib finding: vanilla SFT of Gemma on equal-size all-unknown / half-known /
-   all-known training sets (known = the base model answers correctly before training).
-4. Step time of each method vs plain LoRA SFT on the same batch; RCFT's E-step vs one
-   scoring pass of the training set.
+1. CogCalib on Gemma-3-270M (base): vanilla SFT, TS on vanilla SFT, uniform LS / MbLS / ECP,
+   CoLS / CoMbLS / CoECP; in-domain (pooled ARC-Easy + ARC-Challenge + OpenBookQA) and
+   out-of-domain (MMLU subjects). SliCK-style knowledge labels of the training set.
+2. CFT / RCFT on SmolLM2-135M-Instruct (aligned), in the CFT "### Question … ### Answer:"
+   format: as-is, TS, CFT, RCFT (paper: SFT2 + λ·batch-mean L_ECE), LS (CFT + ε = 0.1 over the
+   vocabulary), and the ablations RCFT with the authors' objective and ECE-only.
+3. The CogCalib finding: vanilla SFT on equal-size all-unknown / half-known / all-known sets.
+4. Step time of each method vs plain LoRA SFT on the same batch.
 
-Every run is cached as JSON under benchmarks/cache/finetune/, so a rerun skips finished runs
-(run it in parts: ``python benchmarks/finetune.py [stage ...]``). The vanilla-SFT Gemma
-adapter (seed 0) is kept at benchmarks/cache/adapters/gemma3-270m-letter-sft/.
+Every (study, method, seed) run is cached as JSON under benchmarks/cache/finetune-PROFILE/
+(git-ignored), written only when the run finished, so an interrupted study resumes where it
+stopped: rerun the same command. Run it in parts with ``python benchmarks/finetune.py STAGE``.
+The report has bootstrap 95 % CIs (questions resampled, the same draw for every seed) and
+paired bootstrap tests of each method against vanilla SFT (CFT in study 2).
+
+    python benchmarks/finetune.py            # the full study → benchmarks/results/finetune.*
+    python benchmarks/finetune.py --quick    # a smoke-sized run → benchmarks/cache/finetune-quick/
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
-import os
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from common import CACHE, DATA_DIR, md_table, write_results
 from llmcal._io import atomic_write_text
 from llmcal.finetune import FinetuneConfig
+from llmcal.finetune.data import balance_letters
 from llmcal.finetune.run import evaluation_metrics
 from llmcal.tasks import load_task
 from llmcal.tasks.types import Task
 
 GEMMA = "gemma3-270m"
 SMOL = "smollm2-135m-instruct"
-RUNS = CACHE / "finetune"
-ADAPTERS = CACHE / "adapters"
-PUBLISHED_ADAPTER = ADAPTERS / "gemma3-270m-letter-sft"
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
-#: Sizes, chosen from a measured step (Gemma-3-270M, batch 8, ~80 tokens: ~30 s on this
-#: shared 2-core machine; a letter-scoring forward ~1-3 s per question).
-SIZES: dict[str, Any] = {
-    "train": 48,  # in-domain training questions (ARC-Easy + OpenBookQA)
-    "cal": 24,  # held-out calibration split (CogCalib threshold, TS)
-    "test": 40,  # in-domain test
-    "ood": 32,  # MMLU out-of-domain test
-    "max_chars": 200,  # question + choices, to keep sequences short (~45-75 tokens)
-    "batch": 4,
-    "steps": 12,  # = 1 epoch of the training split
-    "lr": 5e-4,
-    "lora_r": 8,
-    "style_steps": 3,
-    "refresh_every": 6,
-    "mix_n": 24,  # size of each unknown:known mixture
-    "mix_steps": 6,
-    "pool": 72,  # candidates scored by the base model to build the mixtures
-    "time_steps": 3,  # steps per method and round in the step-time measurement
-    "time_rounds": 2,
+#: Sizes per profile. "full" is the issue's scale (test ≥ 400, 3 seeds, a few epochs);
+#: "quick" only proves the pipeline end to end.
+PROFILES: dict[str, dict[str, Any]] = {
+    "full": {
+        "train": 400,  # pooled in-domain training questions, letters balanced
+        "cal": 100,  # held-out split: CogCalib threshold, TS
+        "test": 400,  # in-domain test
+        "ood": 400,  # MMLU out-of-domain test
+        "max_chars": 320,  # question + choices
+        "batch": 8,
+        "epochs": 2,  # 100 steps
+        "lr": 3e-4,
+        "lora_r": 8,
+        "targets": ALL_LINEAR,
+        "style_steps": 10,
+        "seeds": (0, 1, 2),
+        "ablation_seeds": (0,),
+        "knowledge_prompts": 3,
+        "knowledge_shots": 2,
+        "mix_n": 120,
+        "mix_epochs": 2,
+        "pool": 600,
+        "time_steps": 3,
+        "time_rounds": 2,
+        "resamples": 2000,
+    },
+    "quick": {
+        "train": 16,
+        "cal": 8,
+        "test": 16,
+        "ood": 12,
+        "max_chars": 200,
+        "batch": 4,
+        "epochs": 1,
+        "lr": 5e-4,
+        "lora_r": 4,
+        "targets": ALL_LINEAR,
+        "style_steps": 1,
+        "seeds": (0, 1),
+        "ablation_seeds": (0,),
+        "knowledge_prompts": 2,
+        "knowledge_shots": 1,
+        "mix_n": 4,
+        "mix_epochs": 1,
+        "pool": 16,
+        "time_steps": 2,
+        "time_rounds": 1,
+        "resamples": 200,
+    },
 }
-SEEDS = (0, 1, 2)
-if os.environ.get("FT_BENCH_SMOKE"):  # a quick end-to-end check with a tiny model
-    GEMMA = SMOL = os.environ["FT_BENCH_SMOKE"]
-    RUNS = CACHE / "finetune-smoke"
-    PUBLISHED_ADAPTER = RUNS / "published"
-    SIZES.update(train=8, cal=8, test=8, ood=8, steps=2, style_steps=1, refresh_every=1)
-    SIZES.update(mix_n=4, mix_steps=1, pool=16, time_steps=2, time_rounds=2)
+SIZES: dict[str, Any] = dict(PROFILES["full"])
+RUNS = CACHE / "finetune-full"
+ADAPTERS = CACHE / "adapters"
 OOD_SUBJECTS = (
     "management",
     "marketing",
@@ -76,6 +107,16 @@ OOD_SUBJECTS = (
     "prehistory",
 )
 METRICS = ("accuracy", "ece15", "ece10", "brier", "nll")
+IN_DOMAIN = ("arc_easy", "arc_challenge", "openbook_qa")
+
+
+def use_profile(name: str) -> None:
+    """Switch the sizes and the cache folder to profile ``name``."""
+    global RUNS
+    SIZES.clear()
+    SIZES.update(PROFILES[name])
+    SIZES["profile"] = name
+    RUNS = CACHE / f"finetune-{name}"
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -86,18 +127,20 @@ def _short(task: Task) -> Task:
 
 
 def splits() -> dict[str, Task]:
-    """Seeded disjoint splits (split seed 0 for every run; training seeds vary)."""
-    arc = _short(load_task("arc_easy", data_dir=DATA_DIR))
-    obqa = _short(load_task("openbook_qa", data_dir=DATA_DIR))
-    pool = Task("arc_easy+openbook_qa", [*arc.shuffle(0)[:400], *obqa.shuffle(0)[:300]]).shuffle(0)
+    """Seeded disjoint splits of the pooled MC data (split seed 0 for every run), every split
+    letter-balanced (the answer moved, the other options in order; seeded)."""
+    pooled = [q for name in IN_DOMAIN for q in _short(load_task(name, data_dir=DATA_DIR))]
+    pool = Task("+".join(IN_DOMAIN), pooled).shuffle(0)
     s = SIZES
     cut = [s["train"], s["cal"], s["test"], s["pool"]]
+    if sum(cut) > len(pool):
+        raise SystemExit(f"the pooled data has {len(pool)} questions, the profile needs {sum(cut)}")
     edges = [sum(cut[:i]) for i in range(len(cut) + 1)]
     names = ["train", "cal", "test", "pool"]
-    out = {n: pool[edges[i] : edges[i + 1]] for i, n in enumerate(names)}
+    out = {n: Task(n, list(pool[edges[i] : edges[i + 1]])) for i, n in enumerate(names)}
     mmlu = _short(load_task("mmlu", data_dir=DATA_DIR).filter(list(OOD_SUBJECTS)))
-    out["ood"] = mmlu.subset(s["ood"], seed=0)
-    return {k: Task(f"{k}", list(v)) for k, v in out.items()}
+    out["ood"] = Task("ood", list(mmlu.subset(s["ood"], seed=0)))
+    return {k: balance_letters(v, seed=0) for k, v in out.items()}
 
 
 # -- scoring ------------------------------------------------------------------------------------
@@ -107,23 +150,38 @@ def _scorer(model: str, adapter: Path | None = None) -> Any:
     return HFScorer(model, adapter=adapter, batch_size=8, progress=False)
 
 
-def _score_sets(scorer: Any, sets: dict[str, Task]) -> tuple[dict[str, Any], dict[str, float]]:
+def _score_sets(
+    scorer: Any, sets: dict[str, Task], template: str
+) -> tuple[dict[str, Any], dict[str, float]]:
     scores, secs = {}, {}
     for name, task in sets.items():
         start = time.perf_counter()
-        scores[name] = scorer.score(task)
+        scores[name] = scorer.score(task, template=template)
         secs[name] = time.perf_counter() - start
     return scores, secs
 
 
-def _with_ts(scores: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Metrics of every set after a temperature fitted on the cal split."""
+def _per_question(scores: dict[str, Any]) -> dict[str, dict[str, list[Any]]]:
+    """Confidence and correctness per question: what the CIs and paired tests resample."""
+    return {
+        k: {
+            "ids": [str(i) for i in v.ids],
+            "conf": v.confidences().tolist(),
+            "correct": v.correct().astype(int).tolist(),
+        }
+        for k, v in scores.items()
+    }
+
+
+def _with_ts(scores: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Metrics (and per-question values) of every set after a temperature fitted on cal."""
     from llmcal.calibrate import TemperatureScaling
 
     ts = TemperatureScaling().fit(scores["cal"])
-    out = {k: evaluation_metrics(ts.transform(v)) for k, v in scores.items() if k != "cal"}
+    scaled = {k: ts.transform(v) for k, v in scores.items() if k != "cal"}
+    out: dict[str, Any] = {k: evaluation_metrics(v) for k, v in scaled.items()}
     out["_temperature"] = {"value": ts.temperature}
-    return out
+    return out, _per_question(scaled)
 
 
 CACHED_ONLY = False  # report: use finished runs only, skip the rest
@@ -154,21 +212,40 @@ def _cached(name: str, fn: Any) -> Any:
     return record
 
 
-def baseline(model: str, sets: dict[str, Task], name: str) -> Any:
+def baseline(model: str, sets: dict[str, Task], name: str, template: str = "daca1") -> Any:
     """The untrained model, and TS fitted on its cal split."""
 
     def run() -> dict[str, Any]:
-        scores, secs = _score_sets(_scorer(model), sets)
-        return {
+        scores, secs = _score_sets(_scorer(model), sets, template)
+        record: dict[str, Any] = {
             "model": model,
+            "template": template,
             "metrics": {k: evaluation_metrics(v) for k, v in scores.items()},
-            "ts": _with_ts(scores) if "cal" in scores else {},
+            "per_question": _per_question(scores),
             "score_seconds": secs,
-            "correct": {k: v.correct().astype(int).tolist() for k, v in scores.items()},
-            "ids": {k: list(map(str, v.ids)) for k, v in scores.items()},
         }
+        if "cal" in scores:
+            record["ts"], record["ts_per_question"] = _with_ts(scores)
+        return record
 
     return _cached(name, run)
+
+
+def knowledge(model: str, train: Task) -> Any:
+    """SliCK-style labels of the training set under the base model (cogcalib.md §1)."""
+
+    def run() -> dict[str, Any]:
+        from llmcal.finetune.knowledge import knowledge_labels
+
+        labels = knowledge_labels(
+            _scorer(model),
+            train,
+            n_prompts=SIZES["knowledge_prompts"],
+            shots=SIZES["knowledge_shots"],
+        )
+        return labels.to_dict()
+
+    return _cached(f"knowledge-{model}", run)
 
 
 def train_run(
@@ -181,43 +258,42 @@ def train_run(
     cal: Task | None = None,
     ts: bool = False,
     ref_known: dict[str, bool] | None = None,
-    keep_adapter: Path | None = None,
     **overrides: Any,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Fine-tune, score the adapter on ``sets`` (plus cal for TS), cache the record."""
 
     def run() -> dict[str, Any]:
         from llmcal.finetune import finetune
 
-        targets = ["all-linear"] if method in ("cft", "rcft") else ["q_proj", "v_proj"]
         settings: dict[str, Any] = {
             "method": method,
             "seed": seed,
             "batch_size": SIZES["batch"],
-            "max_steps": SIZES["steps"],
+            "epochs": float(SIZES["epochs"]),
             "learning_rate": SIZES["lr"],
             "lora_r": SIZES["lora_r"],
             "lora_alpha": 2 * SIZES["lora_r"],
-            "lora_targets": targets,
-            "logging_steps": 2,
+            "lora_targets": list(SIZES["targets"]),
+            "logging_steps": 5,
             "style_steps": SIZES["style_steps"],
-            "refresh_every": SIZES["refresh_every"],
             **overrides,
         }
         cfg = FinetuneConfig(**settings)
-        out = ADAPTERS / f"bench-{name}"
+        out = ADAPTERS / f"bench-{SIZES['profile']}-{name}"
         res = finetune(model, train, cfg, out, cal=cal, progress=False, ref_known=ref_known)
         eval_sets = dict(sets)
         if ts and cal is not None:
             eval_sets["cal"] = cal
-        scores, secs = _score_sets(_scorer(model, out), eval_sets)
+        scores, secs = _score_sets(_scorer(model, out), eval_sets, res.template)
         record: dict[str, Any] = {
             "model": model,
             "method": method,
             "seed": seed,
             "n_train": len(train),
             "config": cfg.to_dict(),
+            "template": res.template,
             "metrics": {k: evaluation_metrics(v) for k, v in scores.items() if k != "cal"},
+            "per_question": _per_question({k: v for k, v in scores.items() if k != "cal"}),
             "steps": res.steps,
             "train_seconds": res.train_seconds,
             "step_seconds": res.step_seconds,
@@ -228,37 +304,41 @@ def train_run(
             "score_seconds": secs,
         }
         if ts and cal is not None:
-            record["ts"] = _with_ts(scores)
-        if keep_adapter is not None:
-            if keep_adapter.exists():
-                shutil.rmtree(keep_adapter)
-            out.rename(keep_adapter)
-            record["adapter"] = str(keep_adapter.relative_to(CACHE.parent.parent))
-        else:
-            shutil.rmtree(out, ignore_errors=True)
+            record["ts"], record["ts_per_question"] = _with_ts(scores)
+        shutil.rmtree(out, ignore_errors=True)
         return record
 
     return _cached(name, run)
 
 
 # -- studies ------------------------------------------------------------------------------------
-COGCALIB_METHODS = ("sft", "cogcalib-ls", "ls", "mbls", "ecp", "cogcalib-mbls", "cogcalib-ecp")
-HEADLINE = {"cogcalib": ("sft", "cogcalib-ls"), "cft": ("cft",)}
+COGCALIB_METHODS = ("sft", "cogcalib-ls", "cogcalib-mbls", "cogcalib-ecp", "ls", "mbls", "ecp")
+QUICK_COGCALIB = ("sft", "cogcalib-ls")
+#: study 2: name → (method, overrides, main method: all seeds, else ablation seeds)
+CFT_RUNS: dict[str, tuple[str, dict[str, Any], bool]] = {
+    "cft": ("cft", {}, True),
+    "rcft": ("rcft", {}, True),
+    "ls-cft": ("cft", {"sft_label_smoothing": 0.1}, True),
+    "rcft-code": ("rcft", {"ece_weighting": "code", "base_loss": "completion"}, False),
+    "rcft-ece-only": ("rcft", {"ece_only": True}, False),
+}
+QUICK_CFT = ("cft", "rcft", "rcft-code")
 
 
-def study_cogcalib(sp: dict[str, Task], seeds: tuple[int, ...]) -> dict[str, Any] | None:
-    """Study 1 (CogCalib on Gemma): seed 0 of every method, more seeds for the pair."""
+def study_cogcalib(sp: dict[str, Task]) -> dict[str, Any] | None:
+    """Study 1 (CogCalib on Gemma): every method × every seed."""
     evals = {"test": sp["test"], "ood": sp["ood"]}
     base = baseline(GEMMA, {**evals, "cal": sp["cal"], "train": sp["train"]}, "gemma-base")
     if base is None:
         return None
-    known = dict(zip(base["ids"]["train"], map(bool, base["correct"]["train"]), strict=True))
+    labels = knowledge(GEMMA, sp["train"])
+    known = None
+    if labels is not None:
+        known = {i: q["category"] == "highly-known" for i, q in labels["questions"].items()}
+    methods = QUICK_COGCALIB if SIZES["profile"] == "quick" else COGCALIB_METHODS
     runs: dict[str, list[dict[str, Any]]] = {}
-    for seed in seeds:
-        for method in COGCALIB_METHODS:
-            if seed and method not in HEADLINE["cogcalib"]:
-                continue
-            keep = PUBLISHED_ADAPTER if (method == "sft" and seed == 0) else None
+    for seed in SIZES["seeds"]:
+        for method in methods:
             rec = train_run(
                 f"gemma-{method}-s{seed}",
                 GEMMA,
@@ -269,41 +349,57 @@ def study_cogcalib(sp: dict[str, Task], seeds: tuple[int, ...]) -> dict[str, Any
                 cal=sp["cal"],
                 ts=method == "sft",
                 ref_known=known,
-                keep_adapter=keep,
+                balance_letters=True,
             )
             if rec is not None:
                 runs.setdefault(method, []).append(rec)
-    return {"base": base, "runs": runs}
+    return {"base": base, "runs": runs, "knowledge": labels, "reference": "sft"}
 
 
-def study_cft(sp: dict[str, Task], seeds: tuple[int, ...]) -> dict[str, Any] | None:
-    """Study 2 (CFT / RCFT on the aligned SmolLM2)."""
+def _cft_template(sp: dict[str, Task]) -> str:
+    """The CFT letter variant (bare or space-prefixed) SmolLM2 puts more mass on (§7.8)."""
+
+    def run() -> dict[str, Any]:
+        from llmcal.finetune.data import resolve_letter_template
+        from llmcal.tasks.templates import get_template
+
+        tmpl, masses = resolve_letter_template(_scorer(SMOL), sp["train"], get_template("cft"))
+        return {"template": tmpl.name, "letter_mass": masses}
+
+    rec = _cached("smol-cft-template", run)
+    return "cft" if rec is None else str(rec["template"])
+
+
+def study_cft(sp: dict[str, Task]) -> dict[str, Any] | None:
+    """Study 2 (CFT / RCFT on the aligned SmolLM2), in the CFT text format."""
     evals = {"test": sp["test"], "ood": sp["ood"]}
-    base = baseline(SMOL, {**evals, "cal": sp["cal"], "train": sp["train"]}, "smol-aligned")
+    template = _cft_template(sp)
+    sets = {**evals, "cal": sp["cal"], "train": sp["train"]}
+    base = baseline(SMOL, sets, "smol-aligned", template=template)
     if base is None:
         return None
+    sep = "bare" if template == "cft" else "space"
+    names = QUICK_CFT if SIZES["profile"] == "quick" else tuple(CFT_RUNS)
     runs: dict[str, list[dict[str, Any]]] = {}
-    plan = [("cft", s, {}) for s in seeds]
-    plan += [("rcft", 0, {"e_step_every": SIZES["steps"] // 2})]
-    plan += [("ls", 0, {})]
-    for method, seed, extra in plan:
-        if method == "ls":  # LS baseline of the CFT paper: CFT + full-vocabulary ε = 0.1
+    for name in names:
+        method, extra, main = CFT_RUNS[name]
+        for seed in SIZES["seeds"] if main else SIZES["ablation_seeds"]:
             rec = train_run(
-                "smol-ls-s0",
+                f"smol-{name}-s{seed}",
                 SMOL,
-                "cft",
-                0,
+                method,
+                seed,
                 sp["train"],
                 evals,
-                sft_label_smoothing=0.1,
+                lora_targets=["all-linear"],
+                template="cft",
+                letter_sep=sep,
+                balance_letters=True,
+                **extra,
             )
-        else:
-            rec = train_run(
-                f"smol-{method}-s{seed}", SMOL, method, seed, sp["train"], evals, **extra
-            )
-        if rec is not None:
-            runs.setdefault(method, []).append(rec)
-    return {"base": base, "runs": runs}
+            if rec is not None:
+                runs.setdefault(name, []).append(rec)
+    return {"base": base, "runs": runs, "template": template, "reference": "cft"}
 
 
 def study_mix(sp: dict[str, Task]) -> dict[str, Any] | None:
@@ -311,7 +407,8 @@ def study_mix(sp: dict[str, Task]) -> dict[str, Any] | None:
     pool = baseline(GEMMA, {"pool": sp["pool"]}, "gemma-base-pool")
     if pool is None:
         return None
-    correct = dict(zip(pool["ids"]["pool"], pool["correct"]["pool"], strict=True))
+    pq = pool["per_question"]["pool"]
+    correct = dict(zip(pq["ids"], pq["correct"], strict=True))
     known = [q for q in sp["pool"] if correct[q.id]]
     unknown = [q for q in sp["pool"] if not correct[q.id]]
     n = min(SIZES["mix_n"], len(known), len(unknown))
@@ -330,28 +427,16 @@ def study_mix(sp: dict[str, Task]) -> dict[str, Any] | None:
             0,
             Task(name, qs),
             {"test": sp["test"]},
-            max_steps=SIZES["mix_steps"],
+            epochs=float(SIZES["mix_epochs"]),
+            balance_letters=True,
         )
         if rec is not None:
             runs[name] = rec
-    letters = {
-        name: " ".join(f"{L}:{sum(q.answer == i for q in qs)}" for i, L in enumerate("ABCD"))
-        for name, qs in mixes.items()
-    }
-    test_letters = " ".join(
-        f"{L}:{sum(q.answer == i for q in sp['test'])}" for i, L in enumerate("ABCD")
-    )
-    return {
-        "n_each": n,
-        "n_known_in_pool": len(known),
-        "n_pool": len(sp["pool"]),
-        "gold_letters": {**letters, "test": test_letters},
-        "runs": runs,
-    }
+    return {"n_each": n, "n_known_in_pool": len(known), "n_pool": len(sp["pool"]), "runs": runs}
 
 
 def step_times(sp: dict[str, Task]) -> Any:
-    """Seconds per optimizer step of each method on one fixed batch (SmolLM2, batch 4).
+    """Seconds per optimizer step of each method on one fixed batch (SmolLM2).
 
     The machine is shared, so the methods are interleaved over ``time_rounds`` rounds of
     ``time_steps`` steps each and the fastest step after the first of each run is kept.
@@ -362,13 +447,8 @@ def step_times(sp: dict[str, Task]) -> Any:
 
         batch = Task("batch", list(sp["train"][: SIZES["batch"]]))
         cal = Task("cal", list(sp["cal"][:8]))
-        scorer = _scorer(SMOL)
-        passes = []
-        out: dict[str, Any] = {m: {"step_seconds": [], "timings": []} for m in METHODS}
+        out: dict[str, Any] = {m: {"step_seconds": []} for m in METHODS}
         for _ in range(SIZES["time_rounds"]):
-            start = time.perf_counter()
-            scorer.score(batch)
-            passes.append(time.perf_counter() - start)
             for method in METHODS:
                 cfg = FinetuneConfig(
                     method=method,
@@ -377,19 +457,87 @@ def step_times(sp: dict[str, Task]) -> Any:
                     learning_rate=SIZES["lr"],
                     style_steps=0,
                     refresh_every=100,
-                    lora_targets=["q_proj", "v_proj"],
+                    lora_targets=list(SIZES["targets"]),
                     logging_steps=100,
                 )
                 res = finetune(
                     SMOL, batch, cfg, RUNS / "tmp-step", cal=cal, progress=False, save_steps=1000
                 )
                 out[method]["step_seconds"] += res.step_seconds[1:]
-                out[method]["timings"].append(res.timings)
         shutil.rmtree(RUNS / "tmp-step", ignore_errors=True)
-        out["score_pass_batch_seconds"] = min(passes)
         return out
 
     return _cached("step-times-interleaved", run)
+
+
+# -- statistics ---------------------------------------------------------------------------------
+def _ece_resampled(conf: np.ndarray, correct: np.ndarray, idx: np.ndarray, n_bins: int) -> Any:
+    """Top-label ECE (equal-width bins) of each resample (rows of ``idx``), vectorised."""
+    c, y = conf[idx], correct[idx]
+    b = np.minimum((c * n_bins).astype(np.int64), n_bins - 1)
+    flat = (np.arange(idx.shape[0])[:, None] * n_bins + b).ravel()
+    size = idx.shape[0] * n_bins
+    resid = np.bincount(flat, weights=(y - c).ravel(), minlength=size).reshape(-1, n_bins)
+    return np.abs(resid).sum(axis=1) / idx.shape[1]
+
+
+def _stat(pq: dict[str, list[Any]], idx: np.ndarray, metric: str) -> Any:
+    conf = np.asarray(pq["conf"], dtype=np.float64)
+    correct = np.asarray(pq["correct"], dtype=np.float64)
+    if metric == "accuracy":
+        return correct[idx].mean(axis=1)
+    return _ece_resampled(conf, correct, idx, int(metric.removeprefix("ece")))
+
+
+def _draws(n: int) -> np.ndarray:
+    rng = np.random.default_rng(12345)
+    return rng.integers(0, n, size=(SIZES["resamples"], n))
+
+
+def seed_mean_ci(
+    recs: list[dict[str, Any]], split: str, metric: str, key: str = "per_question"
+) -> tuple[float, float, float]:
+    """Mean over seeds and its 95 % bootstrap CI (questions resampled, same draw per seed)."""
+    pqs = [r[key][split] for r in recs]
+    n = len(pqs[0]["conf"])
+    full = np.arange(n)[None, :]
+    est = float(np.mean([_stat(p, full, metric)[0] for p in pqs]))
+    boot = np.mean([_stat(p, _draws(n), metric) for p in pqs], axis=0)
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    return est, float(lo), float(hi)
+
+
+def paired_vs(
+    recs: list[dict[str, Any]], ref: list[dict[str, Any]], split: str, metric: str
+) -> dict[str, float] | None:
+    """Method − reference on the seeds both have: mean Δ, 95 % CI and a two-sided bootstrap p."""
+    by_seed = {r["seed"]: r for r in ref}
+    pairs = [(r, by_seed[r["seed"]]) for r in recs if r["seed"] in by_seed]
+    if not pairs:
+        return None
+    first = pairs[0][0]["per_question"][split]
+    if any(p[1]["per_question"][split]["ids"] != first["ids"] for p in pairs):
+        return None  # not the same questions: no paired test
+    n = len(first["conf"])
+    full, draws = np.arange(n)[None, :], _draws(n)
+    est = np.mean(
+        [
+            _stat(a["per_question"][split], full, metric)[0]
+            - _stat(b["per_question"][split], full, metric)[0]
+            for a, b in pairs
+        ]
+    )
+    boot = np.mean(
+        [
+            _stat(a["per_question"][split], draws, metric)
+            - _stat(b["per_question"][split], draws, metric)
+            for a, b in pairs
+        ],
+        axis=0,
+    )
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    p = min(1.0, 2.0 * min(float((boot <= 0).mean()), float((boot >= 0).mean())))
+    return {"delta": float(est), "low": float(lo), "high": float(hi), "p": p, "seeds": len(pairs)}
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -417,8 +565,10 @@ LABELS = {
     "cogcalib-mbls": "CoMbLS",
     "cogcalib-ecp": "CoECP",
     "cft": "CFT",
-    "rcft": "RCFT (λ = 1, batch-mean L_ECE)",
+    "rcft": "RCFT (SFT2 + λ·batch-mean L_ECE, λ = 1)",
     "ls-cft": "LS (CFT + ε = 0.1 over the vocabulary)",
+    "rcft-code": "RCFT, authors' objective ((1−α)·SFT1 + α·1e-3·L_ECE, α = .5)",
+    "rcft-ece-only": "RCFT ECE-only ablation",
 }
 
 
@@ -430,13 +580,48 @@ def _study_table(study: dict[str, Any], splits_: tuple[str, ...], base_label: st
         [f"{base_label} + TS", "–"] + [c for s in splits_ for c in _cells([base], s, key="ts")]
     )
     for method, recs in study["runs"].items():
-        label = LABELS["ls-cft" if method == "ls" and recs[0]["method"] == "cft" else method]
+        label = LABELS[method]
         rows.append([label, str(len(recs))] + [c for s in splits_ for c in _cells(recs, s)])
         if "ts" in recs[0]:
             rows.append(
                 [f"{label} + TS", str(len(recs))]
                 + [c for s in splits_ for c in _cells(recs, s, key="ts")]
             )
+    return md_table(header, rows)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:+.2f}"
+
+
+def _ci_table(study: dict[str, Any], splits_: tuple[str, ...]) -> str:
+    """ECE15 and accuracy with bootstrap CIs, and the paired test against the reference."""
+    ref_name = study["reference"]
+    ref = study["runs"].get(ref_name, [])
+    header = ["method", "split", "ECE15 [95 % CI]", "Δ ECE15 vs ref [95 % CI]", "p"]
+    header += ["accuracy [95 % CI]", "Δ accuracy [95 % CI]", "p"]
+    rows = []
+    entries: list[tuple[str, list[dict[str, Any]], str]] = [
+        (f"{LABELS[m]}", recs, "per_question") for m, recs in study["runs"].items()
+    ]
+    if ref and "ts_per_question" in ref[0]:
+        entries.append((f"{LABELS[ref_name]} + TS", ref, "ts_per_question"))
+    for label, recs, key in entries:
+        for split in splits_:
+            cells = [label, split]
+            for metric in ("ece15", "accuracy"):
+                e, lo, hi = seed_mean_ci(recs, split, metric, key)
+                cells.append(f"{100 * e:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]")
+                if key == "per_question" and recs is not ref and ref:
+                    d = paired_vs(recs, ref, split, metric)
+                else:
+                    d = None
+                if d is None:
+                    cells += ["–", "–"]
+                else:
+                    cells.append(f"{_pct(d['delta'])} [{_pct(d['low'])}, {_pct(d['high'])}]")
+                    cells.append(f"{d['p']:.3f}")
+            rows.append(cells)
     return md_table(header, rows)
 
 
@@ -450,17 +635,23 @@ def render(results: dict[str, Any]) -> str:
     """The Markdown report."""
     s = SIZES
     n = results["n"]
+    seeds = ", ".join(map(str, s["seeds"]))
     parts = [
-        "# Calibration-aware fine-tuning (CPU-sized)",
+        f"# Calibration-aware fine-tuning ({s['profile']} profile)",
         "",
-        f"LoRA r = {s['lora_r']} (α = {2 * s['lora_r']}), AdamW lr {s['lr']}, linear schedule, "
-        f"{s['steps']} steps × batch {s['batch']} (1 epoch), letter format (daca1 template), "
-        f"train / cal / test = {n['train']} / {n['cal']} / {n['test']} questions "
-        f"(ARC-Easy + OpenBookQA, 4 options, ≤ {s['max_chars']} characters, split seed 0); "
-        f"OOD = {n['ood']} MMLU questions ({', '.join(OOD_SUBJECTS)}). Accuracy and ECE in %, "
-        "ECE with 15 and 10 equal-width bins; Brier (sum over options) and NLL raw. "
-        "Mean ± std over training seeds 0, 1, 2 where seeds = 3, else seed 0. "
-        "TS = one temperature fitted on the cal split.",
+        f"LoRA r = {s['lora_r']} (α = {2 * s['lora_r']}) on {', '.join(s['targets'])} (study 2: "
+        f"all linear layers), AdamW lr {s['lr']}, linear schedule, {s['epochs']} epoch(s) × "
+        f"batch {s['batch']}; train / cal / test = {n['train']} / {n['cal']} / {n['test']} "
+        f"questions pooled from {', '.join(IN_DOMAIN)} (4 options, ≤ {s['max_chars']} "
+        f"characters, split seed 0), OOD = {n['ood']} MMLU questions "
+        f"({', '.join(OOD_SUBJECTS)}); every split and every training set has its answer "
+        "letters balanced. Accuracy and ECE in %, ECE with 15 and 10 equal-width bins; Brier "
+        f"(sum over options) and NLL raw. Mean ± std over training seeds {seeds} (ablations: "
+        f"seed {', '.join(map(str, s['ablation_seeds']))}). TS = one temperature fitted on "
+        "the cal split. CIs: 95 % percentile bootstrap over test questions "
+        f"({s['resamples']} resamples, the same draw for every seed, the statistic averaged "
+        "over seeds); Δ and p: the paired bootstrap of method − reference on the same "
+        "questions and seeds (p two-sided).",
         "",
     ]
     if "cogcalib" in results:
@@ -468,12 +659,27 @@ def render(results: dict[str, Any]) -> str:
         parts += [
             "## 1. CogCalib on Gemma-3-270M (pre-trained base)",
             "",
-            f"CogCalib: {s['style_steps']} style-adaptation steps of plain CE, then the threshold t "
-            f"(Youden's J on the cal split, current-model labels), refreshed every "
-            f"{s['refresh_every']} steps. α: LS 0.111 (ε = 0.1), MbLS 0.1 (m = 10), ECP 0.1. "
-            "LoRA on q_proj, v_proj.",
+            f"CogCalib: {s['style_steps']} style-adaptation steps of plain CE, then the threshold "
+            "t (Youden's J on the cal split, current-model labels), refreshed at every epoch end "
+            "and at most every 500 steps (cogcalib.md §3). α: LS 0.111 (ε = 0.1), MbLS 0.1 "
+            "(m = 10), ECP 0.1.",
             "",
+        ]
+        k = st.get("knowledge")
+        if k:
+            c = k["counts"]
+            parts += [
+                f"Training-set knowledge (SliCK-style, {k['settings']['n_prompts']} prompts × "
+                f"{k['settings']['shots']} shots, greedy + T = 0.5 sampling): known share "
+                f"{100 * k['known_share']:.1f} % ({', '.join(f'{v} {n_}' for n_, v in c.items())}).",
+                "",
+            ]
+        parts += [
             _study_table(st, ("test", "ood"), "base (no fine-tuning)"),
+            "",
+            "Bootstrap CIs and paired tests against vanilla SFT:",
+            "",
+            _ci_table(st, ("test", "ood")),
             "",
         ]
         if "sft" in st["runs"] and "cogcalib-ls" in st["runs"]:
@@ -483,45 +689,43 @@ def render(results: dict[str, Any]) -> str:
                 f"{_relative(st, 'sft', 'cogcalib-ls', 'ood'):+.0%} (paper: −57 % on Llama3-8B)."
             )
             parts.append("")
-        temps = [r["ts"]["_temperature"]["value"] for r in st["runs"].get("sft", []) if "ts" in r]
-        if temps:
-            parts += [
-                "TS temperatures fitted on the cal split for vanilla SFT (per seed): "
-                + ", ".join(f"{t:.2f}" for t in temps)
-                + " (10000 = the cap: the fit prefers uniform confidence).",
-                "",
-            ]
         parts += _gate_lines(st)
     if "cft" in results:
+        st = results["cft"]
         parts += [
             "## 2. CFT / RCFT on SmolLM2-135M-Instruct (aligned)",
             "",
-            "CFT = completion-only SFT of the answer letter; RCFT = full-sequence SFT (SFT2) + "
-            f"λ·L_ECE, E-step every {s['steps'] // 2} steps; LoRA on all linear layers.",
+            f"Text format: cft_rcft.md §4.1 (template `{st['template']}`, the letter variant with "
+            "more mass after `### Answer:`). CFT = completion-only SFT of the answer letter; "
+            "RCFT = full-sequence SFT (SFT2) + λ·L_ECE, E-step every epoch; LoRA on all linear "
+            "layers.",
             "",
-            _study_table(results["cft"], ("test", "ood"), "aligned as-is"),
+            _study_table(st, ("test", "ood"), "aligned as-is"),
+            "",
+            "Bootstrap CIs and paired tests against CFT (vanilla completion SFT):",
+            "",
+            _ci_table(st, ("test", "ood")),
             "",
         ]
-        parts += _cft_lines(results["cft"])
-        parts += _e_step_lines(results)
     if "mix" in results:
         mix = results["mix"]
         parts += [
             "## 3. Known vs unknown training data (Gemma-3-270M, vanilla SFT)",
             "",
-            f"Known = the base model answers correctly before training ({mix['n_known_in_pool']} of "
+            f"Known = the base model answers correctly zero-shot ({mix['n_known_in_pool']} of "
             f"{mix['n_pool']} pool questions). {mix['n_each']} training questions per mixture, "
-            f"{s['mix_steps']} steps × batch {s['batch']}; in-domain test.",
+            f"{s['mix_epochs']} epoch(s); in-domain test.",
             "",
             md_table(
-                ["training mix", "accuracy", "mean conf", "ECE15", "ECE10", "Brier", "NLL"],
+                ["training mix", "accuracy", "mean conf", "ECE15 [95 % CI]", "Brier", "NLL"],
                 [
                     [
                         name,
                         f"{r['metrics']['test']['accuracy'] * 100:.2f}",
                         f"{r['metrics']['test']['mean_confidence'] * 100:.2f}",
-                        f"{r['metrics']['test']['ece15'] * 100:.2f}",
-                        f"{r['metrics']['test']['ece10'] * 100:.2f}",
+                        "{:.2f} [{:.2f}, {:.2f}]".format(
+                            *(100 * v for v in seed_mean_ci([r], "test", "ece15"))
+                        ),
                         f"{r['metrics']['test']['brier']:.4f}",
                         f"{r['metrics']['test']['nll']:.4f}",
                     ]
@@ -529,30 +733,21 @@ def render(results: dict[str, Any]) -> str:
                 ],
             ),
             "",
-            "Gold answer letters of each training mix (count per letter): "
-            + "; ".join(f"{k} {v}" for k, v in mix["gold_letters"].items())
-            + ". At this scale the base model is near chance, so 'known' largely means 'the "
-            "gold letter is one the base model favours': the mixes differ in letter balance as "
-            "well as in knowledge.",
-            "",
         ]
     if "steps" in results:
         st = results["steps"]
         base = min(st["sft"]["step_seconds"])
-        rows = []
-        for method, rec in st.items():
-            if not isinstance(rec, dict) or "step_seconds" not in rec:
-                continue
-            fastest = min(rec["step_seconds"])
-            rows.append([method, f"{fastest:.2f}", f"{fastest / base:.2f}"])
+        rows = [
+            [m, f"{min(r['step_seconds']):.2f}", f"{min(r['step_seconds']) / base:.2f}"]
+            for m, r in st.items()
+            if isinstance(r, dict) and r.get("step_seconds")
+        ]
         parts += [
-            "## 4. Step time (SmolLM2-135M, one fixed batch of 4, LoRA q_proj/v_proj)",
+            "## 4. Step time (SmolLM2-135M, one fixed batch)",
             "",
-            f"Fastest of {SIZES['time_rounds']} interleaved rounds × {SIZES['time_steps'] - 1} "
-            "timed steps (the first step of each run is dropped); excludes the threshold fits "
-            "and E-steps, which run on a schedule, not per step. One letter-scoring pass over "
-            f"the same batch: {st['score_pass_batch_seconds']:.2f} s. The machine is shared "
-            "with other jobs, so differences under ~10 % are noise.",
+            f"Fastest of {s['time_rounds']} interleaved round(s) × {s['time_steps'] - 1} timed "
+            "step(s); excludes threshold fits and E-steps. The machine is shared, so "
+            "differences under ~10 % are noise.",
             "",
             md_table(["method", "s / step", "× plain SFT"], rows),
             "",
@@ -569,108 +764,49 @@ def _gate_lines(st: dict[str, Any]) -> list[str]:
         gh = rec["gate_history"]
         share = [f"{d['share_known']:.2f}" for d in rec["diagnostics"] if "share_known" in d]
         lines.append(
-            f"- {LABELS[method]} (seed 0): t = "
-            + ", ".join(f"{g['threshold']:.3f}" for g in gh)
-            + "; gate agrees with correctness on cal: "
+            f"- {LABELS[method]} (seed {rec['seed']}): t refits at steps "
+            + ", ".join(str(int(g["step"])) for g in gh)
+            + "; gate agreement with correctness on cal: "
             + ", ".join(f"{g['cal_agreement']:.2f}" for g in gh)
-            + f"; share of training examples gated known per logging window: {', '.join(share)}"
-        )
-    if "sft" in st["runs"]:
-        d = st["runs"]["sft"][0]["diagnostics"]
-        kc = [
-            f"{x['ref_known_acc']:.2f}/{x['ref_known_conf']:.2f}" for x in d if "ref_known_acc" in x
-        ]
-        uc = [
-            f"{x['ref_unknown_acc']:.2f}/{x['ref_unknown_conf']:.2f}"
-            for x in d
-            if "ref_unknown_acc" in x
-        ]
-        lines.append(
-            "- vanilla SFT training batches, accuracy/confidence per logging window — "
-            f"known to the base: {', '.join(kc)}; unknown: {', '.join(uc)}"
+            + f"; share gated known per logging window: {', '.join(share)}"
         )
     return [*lines, ""] if lines else []
 
 
-def _cft_lines(st: dict[str, Any]) -> list[str]:
-    base = st["base"]["metrics"]
-    lines = []
-    for method, recs in st["runs"].items():
-        for split in ("test", "ood"):
-            e = statistics.mean(r["metrics"][split]["ece15"] for r in recs)
-            a = statistics.mean(r["metrics"][split]["accuracy"] for r in recs)
-            lines.append(
-                f"- {method if method != 'ls' else 'LS'} {split}: ECE15 "
-                f"{(e - base[split]['ece15']) / base[split]['ece15']:+.0%} vs the aligned model, "
-                f"accuracy {100 * (a - base[split]['accuracy']):+.1f} points"
-            )
-    t = st["base"]["ts"].get("_temperature", {}).get("value")
-    if t is not None:
-        lines.append(f"- TS temperature fitted on the cal split: {t:.2f}")
-    return [*lines, ""]
+STAGES = ("cogcalib", "cft", "mix", "steps", "report")  # or "partial": report from the cache
 
 
-def _e_step_lines(results: dict[str, Any]) -> list[str]:
-    runs = results["cft"]["runs"]
-    if "rcft" not in runs:
-        return []
-    rec = runs["rcft"][0]
-    e = rec["timings"]["e_step"]
-    scoring = results["cft"]["base"]["score_seconds"].get("train")
-    hist = rec["e_step_history"]
-    line = (
-        f"RCFT E-steps: {len(e)} over the {rec['n_train']} training questions, "
-        f"{statistics.mean(e):.1f} s each"
-    )
-    if scoring:
-        line += f" vs {scoring:.1f} s for one HFScorer pass over them ({statistics.mean(e) / scoring:.2f}×)"
-    line += "; bin counts per E-step: " + "; ".join(
-        str([int(c) for c in h["counts"]]) for h in hist
-    )
-    return [line + ".", ""]
-
-
-STAGES = ("cogcalib1", "cft1", "mix", "steps", "cogcalib", "cft", "report")  # or "partial"
-# "cogcalib-seeds": only the extra seeds of the CogCalib pair
-
-
-def main(argv: list[str]) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Run the requested stages (default: all), then write the results."""
-    stages = argv or list(STAGES)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("stages", nargs="*", help=f"of {', '.join(STAGES)}, partial")
+    parser.add_argument("--quick", action="store_true", help="smoke-sized run (not the study)")
+    args = parser.parse_args(argv)
+    use_profile("quick" if args.quick else "full")
+    stages = args.stages or list(STAGES)
+    for stage in stages:
+        if stage not in (*STAGES, "partial"):
+            raise SystemExit(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}, partial")
     sp = splits()
     results: dict[str, Any] = {"sizes": SIZES, "n": {k: len(v) for k, v in sp.items()}}
+    studies = {"cogcalib": study_cogcalib, "cft": study_cft, "mix": study_mix, "steps": step_times}
     for stage in stages:
-        if stage == "cogcalib1":
-            study_cogcalib(sp, (0,))
-        elif stage == "cft1":
-            study_cft(sp, (0,))
-        elif stage == "mix":
-            study_mix(sp)
-        elif stage == "steps":
-            step_times(sp)
-        elif stage == "cogcalib":
-            study_cogcalib(sp, SEEDS)
-        elif stage == "cogcalib-seeds":
-            study_cogcalib(sp, SEEDS[1:])
-        elif stage == "cft":
-            study_cft(sp, SEEDS)
-        elif stage not in ("report", "partial"):
-            raise SystemExit(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+        if stage in studies:
+            studies[stage](sp)
     if "report" in stages or "partial" in stages:
         global CACHED_ONLY
         CACHED_ONLY = "partial" in stages
-        found = {
-            "cogcalib": study_cogcalib(sp, SEEDS),
-            "cft": study_cft(sp, SEEDS),
-            "mix": study_mix(sp),
-            "steps": step_times(sp),
-        }
+        found = {name: fn(sp) for name, fn in studies.items()}
         results.update({k: v for k, v in found.items() if v is not None})
-        if os.environ.get("FT_BENCH_SMOKE"):
-            print(render(results))
+        markdown = render(results)
+        if args.quick:  # never over the published results
+            atomic_write_text(RUNS / "report.md", markdown + "\n")
+            atomic_write_text(RUNS / "report.json", json.dumps(results, default=float) + "\n")
+            print(markdown)
+            print(f"wrote {RUNS / 'report.md'}")
         else:
-            write_results("finetune", results, render(results))
+            write_results("finetune", results, markdown)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

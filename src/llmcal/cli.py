@@ -320,16 +320,16 @@ def _warn_eval(scores: Any, result: dict[str, Any]) -> None:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit a calibrator on Scores and save it as a JSON artefact."""
-    from llmcal.calibrate import CALIBRATORS, DACA
+    from llmcal.calibrate import CALIBRATORS
     from llmcal.scores import Scores
 
     out = _out_path(args.out, [".json"], "--out")
-    if args.kind == "daca":
+    if args.kind in ("daca", "daca-subject"):
         if args.scores or not (args.target and args.reference):
             raise ConfigError(
                 "llmcal fit daca takes --target POLM.parquet --reference PLM.parquet (no positional file)"
             )
-        cal: Any = DACA(scaler=args.scaler, mask=args.mask, parity=args.parity, align=args.align)
+        cal: Any = _daca_calibrator(args)
         fit_on = Scores.load(args.target)
         cal.fit(target=fit_on, reference=Scores.load(args.reference))
     else:
@@ -344,6 +344,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
     cal.save(out)
     for line in _fit_summary(args.kind, cal, fit_on):
         _print(line)
+    info = cal.fit_info_ or {}
+    if cal.kind == "daca-subject":
+        params = cal.get_params()
+        taus = sorted(params["temperatures"].values())
+        _print(
+            f"{info['n_subjects']} subjects, τ from {taus[0]:.4g} to {taus[-1]:.4g}; "
+            f"{info['n_fallback']} with no agreeing question kept τ = 1"
+            + (f" ({', '.join(params['fallback_subjects'][:5])})" if info["n_fallback"] else "")
+        )
+    elif info.get("fallback"):
+        _print("no question agreed: kept τ = 1 (--no-agreement fallback)")
     _print(f"wrote {out}")
     return 0
 
@@ -391,6 +402,29 @@ def _warn_daca_dropped(info: dict[str, Any]) -> None:
             f"daca fitted on {used} of {n} target questions and dropped {n - used}: "
             + "; ".join(reasons)
         )
+
+
+def _daca_calibrator(args: argparse.Namespace) -> Any:
+    """DACA (one τ) or SubjectDACA (``--per-subject``) from the ``llmcal fit`` options."""
+    from llmcal.calibrate import DACA, SubjectDACA
+
+    if args.per_subject or args.kind == "daca-subject":
+        if args.scaler != "temperature":
+            raise ConfigError("--per-subject fits one temperature per subject: drop --scaler")
+        return SubjectDACA(
+            mask=args.mask,
+            parity=args.parity,
+            align=args.align,
+            no_agreement=args.no_agreement or "fallback",
+            unseen=args.unseen,
+        )
+    return DACA(
+        scaler=args.scaler,
+        mask=args.mask,
+        parity=args.parity,
+        align=args.align,
+        no_agreement=args.no_agreement or "error",
+    )
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -743,6 +777,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="daca: require the same questions, or use the common ones",
     )
     g = add_group(p, "calibrator")
+    g.add_argument(
+        "--per-subject",
+        action="store_true",
+        help="daca: one τ per subject (the paper's MMLU protocol) → a daca-subject calibrator",
+    )
+    g.add_argument(
+        "--no-agreement",
+        choices=["fallback", "error"],
+        default=None,
+        help="daca: with no agreeing question keep τ = 1 or fail "
+        "(default: fallback per subject, error otherwise)",
+    )
+    g.add_argument(
+        "--unseen",
+        choices=["pooled", "identity", "error"],
+        default="pooled",
+        help="daca --per-subject: τ for subjects not in the fit (pooled DACA τ, 1, or fail)",
+    )
     g.add_argument("--bins", type=_positive_int, default=15, help="histogram: number of bins")
     g = add_group(p, "output")
     g.add_argument("--out", required=True, metavar="FILE", help="output calibrator file (.json)")
@@ -835,7 +887,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_finetune_parser(sub: Any) -> None:
     from llmcal._cliutil import add_group, limit_type
-    from llmcal.finetune.config import BASE_LOSSES, METHODS
+    from llmcal.finetune.config import BASE_LOSSES, METHODS, PRESETS, SCHEDULERS
     from llmcal.tasks.templates import DEFAULT_TEMPLATE
 
     p = _command(
@@ -844,7 +896,8 @@ def _add_finetune_parser(sub: Any) -> None:
         help="calibration-aware LoRA fine-tuning (CogCalib, CFT, RCFT, …) → adapter folder",
         description="Seeded train / cal / test split of the task, LoRA fine-tuning on the "
         "Hugging Face Trainer (resumable with --resume), the adapter saved to --out-dir, and a "
-        "before / after table on the test split. Score with `llmcal score --adapter DIR`.",
+        "before / after table on the test split. Score with `llmcal score --adapter DIR`. "
+        "--preset sets the spec's settings by name; explicit options override them.",
     )
     g = add_group(p, "model")
     g.add_argument("--model", required=True, help="bundled alias, .gguf file, model dir, hub id")
@@ -869,40 +922,116 @@ def _add_finetune_parser(sub: Any) -> None:
         help="calibration split (default .1 for cogcalib)",
     )
     g.add_argument("--test-fraction", type=float, default=0.2, help="test split")
-    g.add_argument("--seed", type=int, default=0, help="seed of the split and the training")
-    g.add_argument("--template", default=DEFAULT_TEMPLATE, help="zero-shot prompt template")
+    g.add_argument(
+        "--seed", type=int, default=None, help="seed of the split and the training (default 0)"
+    )
+    g.add_argument(
+        "--template",
+        default=None,
+        help=f"zero-shot prompt template (default {DEFAULT_TEMPLATE}; cft = the CFT format)",
+    )
+    g.add_argument(
+        "--letter-sep",
+        choices=["auto", "bare", "space"],
+        default=None,
+        help="cft template: letter token 'A' or ' A' (auto: where the model puts more mass)",
+    )
     g.add_argument(
         "--balance-letters",
         action="store_true",
+        default=None,
         help="permute training options so each answer letter is equally frequent",
     )
     g = add_group(p, "method")
-    g.add_argument("--method", choices=list(METHODS), default="sft", help="training objective")
+    g.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default=None,
+        help="the spec's settings by name; explicit options override them",
+    )
+    g.add_argument(
+        "--method", choices=list(METHODS), default=None, help="training objective (default sft)"
+    )
     g.add_argument("--loss", choices=BASE_LOSSES, default=None, help="override the base loss")
     g.add_argument("--alpha", type=float, default=None, help="weight of the calibration term")
-    g.add_argument("--margin", type=float, default=10.0, help="MbLS margin")
+    g.add_argument("--margin", type=float, default=None, help="MbLS margin (default 10)")
     g.add_argument("--style-steps", type=int, default=None, help="CogCalib: plain-CE steps first")
     g.add_argument(
         "--refresh-every",
         type=_positive_int,
         default=None,
-        help="CogCalib: refit the threshold every N steps (default once per epoch)",
+        help="CogCalib: refit t every N steps (default: each epoch or --refresh-max-steps)",
     )
+    g.add_argument(
+        "--refresh-max-steps",
+        type=_positive_int,
+        default=None,
+        help="CogCalib default schedule: at most this many steps between refits (500)",
+    )
+    g.add_argument(
+        "--gate-reference",
+        choices=["current", "initial"],
+        default=None,
+        help="CogCalib: known labels on the cal split from the current or the initial model",
+    )
+    g.add_argument(
+        "--ece-weighting",
+        choices=["batch", "code"],
+        default=None,
+        help="RCFT: L_SFT + λ·batch-mean L_ECE, or the authors' (1−α)·L_SFT + α·1e-3·L_ECE",
+    )
+    g.add_argument(
+        "--e-step-every",
+        type=int,
+        default=None,
+        help="RCFT: steps between E-steps (default every epoch; 0 = once, as the code)",
+    )
+    g.add_argument(
+        "--ece-only",
+        action="store_true",
+        default=None,
+        help="RCFT ablation: train on the L_ECE term alone (no SFT term)",
+    )
+    g.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=None,
+        help="full-vocabulary ε on the completion / full-sequence SFT tokens",
+    )
+    g.add_argument(
+        "--report-knowledge",
+        action="store_true",
+        help="label the training split known / maybe / weakly / unknown (SliCK) first",
+    )
+    g.add_argument(
+        "--knowledge-prompts", type=_positive_int, default=10, help="SliCK: few-shot prompts"
+    )
+    g.add_argument("--knowledge-shots", type=int, default=4, help="SliCK: examples per prompt")
     g = add_group(p, "LoRA")
-    g.add_argument("--lora-r", type=_positive_int, default=8, help="LoRA rank")
+    g.add_argument("--lora-r", type=_positive_int, default=None, help="LoRA rank (default 8)")
     g.add_argument("--lora-alpha", type=_positive_int, default=None, help="default 2 × r")
+    g.add_argument("--lora-dropout", type=float, default=None, help="LoRA dropout (default 0)")
     g.add_argument(
         "--lora-targets",
         default=None,
         help="comma-separated module names (default q_proj,v_proj; all-linear for cft/rcft)",
     )
     g = add_group(p, "training")
-    g.add_argument("--lr", type=float, default=1e-4, help="learning rate")
+    g.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-4)")
+    g.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (0)")
+    g.add_argument("--adam-eps", type=float, default=None, help="AdamW epsilon (1e-8)")
     g.add_argument(
-        "--batch-size", type=_positive_int, default=8, help="questions per device per step"
+        "--scheduler", choices=list(SCHEDULERS), default=None, help="LR schedule (default linear)"
+    )
+    g.add_argument("--warmup-ratio", type=float, default=None, help="warm-up fraction (0.06)")
+    g.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="questions per device per step (default 8)",
     )
     g.add_argument(
-        "--grad-accum", type=_positive_int, default=1, help="gradient accumulation steps"
+        "--grad-accum", type=_positive_int, default=None, help="gradient accumulation (default 1)"
     )
     length = g.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=float, default=None, help="training epochs (default 1)")

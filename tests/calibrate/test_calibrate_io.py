@@ -69,7 +69,16 @@ FITTERS: dict[str, tuple[Callable[[], Calibrator], Callable[[Calibrator], Calibr
 
 def test_registry_names() -> None:
     assert sorted(CALIBRATORS) == sorted(
-        ["temperature", "vector", "matrix", "histogram", "isotonic", "platt", "daca"]
+        [
+            "temperature",
+            "vector",
+            "matrix",
+            "histogram",
+            "isotonic",
+            "platt",
+            "daca",
+            "daca-subject",
+        ]
     )
     for kind, cls in CALIBRATORS.items():
         assert cls.kind == kind

@@ -20,6 +20,10 @@ from transformers import TrainerCallback
 from llmcal.finetune import FinetuneConfig, finetune
 
 METHODS = ("cogcalib-ls", "rcft")
+#: extra runs by name: the authors' RCFT objective (per-device means, cft_rcft.md §2.2)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "rcft-code": {"method": "rcft", "base_loss": "completion", "ece_weighting": "code"},
+}
 
 
 class GradCapture(TrainerCallback):  # type: ignore[misc]
@@ -37,8 +41,18 @@ class GradCapture(TrainerCallback):  # type: ignore[misc]
         }
 
 
-def run_layouts(model_dir: str, out_dir: Path, layouts: list[tuple[int, int]]) -> dict[str, Any]:
-    """Loss, gradients, threshold and E-step of one step per method and (batch, accum)."""
+def run_layouts(
+    model_dir: str,
+    out_dir: Path,
+    layouts: list[tuple[int, int]],
+    methods: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    """Loss, gradients, threshold and E-step of one step per method and (batch, accum).
+
+    ``methods`` defaults to ``$DDP_METHODS`` (comma-separated) or :data:`METHODS`."""
+    if methods is None:
+        env = os.environ.get("DDP_METHODS")
+        methods = tuple(env.split(",")) if env else METHODS
     train, cal = tiny_task(8, "t", seed=1), tiny_task(12, "c", seed=2)
     results: dict[str, Any] = {}
     rank = int(os.environ.get("RANK", "0"))
@@ -46,15 +60,16 @@ def run_layouts(model_dir: str, out_dir: Path, layouts: list[tuple[int, int]]) -
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         extra["ddp_backend"] = "gloo"
     for batch, accum in layouts:
-        for method in METHODS:
+        for method in methods:
             cfg = FinetuneConfig(
-                method=method,
+                **VARIANTS.get(method, {"method": method}),
                 max_steps=1,
                 batch_size=batch,
                 grad_accum=accum,
                 learning_rate=1e-3,
                 logging_steps=1,
                 style_steps=0,
+                refresh_every=1,  # refit t after the step: compares the updated weights too
                 lora_r=4,
                 lora_targets=["q_proj", "v_proj", "down_proj"],
                 warmup_ratio=0.0,

@@ -16,7 +16,14 @@ from llmcal.calibrate.base import (
     load_calibrator,
 )
 from llmcal.calibrate.binning import HistogramBinning, IsotonicCalibration, PlattScaling
-from llmcal.calibrate.daca import DACA, agreement_mask, reference_distribution
+from llmcal.calibrate.daca import (
+    DACA,
+    SubjectDACA,
+    agreement_mask,
+    mean_std,
+    reference_distribution,
+    template_protocol,
+)
 from llmcal.calibrate.scaling import MatrixScaling, TemperatureScaling, VectorScaling
 
 __all__ = [
@@ -30,9 +37,12 @@ __all__ = [
     "IsotonicCalibration",
     "MatrixScaling",
     "PlattScaling",
+    "SubjectDACA",
     "TemperatureScaling",
     "VectorScaling",
     "agreement_mask",
     "load_calibrator",
+    "mean_std",
     "reference_distribution",
+    "template_protocol",
 ]

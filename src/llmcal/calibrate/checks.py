@@ -116,13 +116,19 @@ def describe_params(cal: Calibrator) -> str:
         return f"{y.size} knots, calibrated confidence {y.min():.3g}–{y.max():.3g}"
     if "temperature" in params:
         return f"τ = {float(params['temperature']):.3g}"
+    if isinstance(params.get("temperatures"), dict):  # one τ per subject
+        taus = [float(t) for t in params["temperatures"].values()]
+        return f"τ per subject ({len(taus)}), {min(taus):.3g}–{max(taus):.3g}" if taus else ""
     parts = []
     for key, value in params.items():
         if isinstance(value, int | float) and not isinstance(value, bool):
             parts.append(f"{key} = {float(value):.3g}")
             continue
-        arr = np.asarray(value, dtype=np.float64) if isinstance(value, list) else None
-        if arr is None or arr.dtype.kind != "f":
+        try:
+            arr = np.asarray(value, dtype=np.float64) if isinstance(value, list) else None
+        except (TypeError, ValueError):  # a list of names, not numbers
+            continue
+        if arr is None:
             continue
         if arr.ndim == 2:
             diag = np.diag(arr)

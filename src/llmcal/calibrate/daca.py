@@ -29,6 +29,8 @@ shuffling uses ``torch.randperm`` with a seeded generator: the same distribution
 from __future__ import annotations
 
 import logging
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -43,6 +45,7 @@ from llmcal.calibrate._solvers import (
     split_affine,
 )
 from llmcal.calibrate.base import (
+    CalibrationWarning,
     Calibrator,
     float_array,
     provenance,
@@ -65,6 +68,10 @@ logger = logging.getLogger(__name__)
 SCALERS = ("temperature", "vector", "matrix")
 MASKS = ("agree", "none", "disagree")
 MISSING = ("spread", "renormalize")
+#: What a fit with no question in the mask does: raise, or keep the identity (τ = 1), as the
+#: authors' code does for a fully masked MMLU subject (daca.md §7.3, §8.10).
+NO_AGREEMENT = ("error", "fallback")
+UNSEEN = ("pooled", "identity", "error")
 
 
 def reference_distribution(
@@ -188,8 +195,14 @@ class DACA(Calibrator):
         tau0: float = 1.0,
         eps: float = 1e-8,
         parity_dtype: str = "float32",
+        no_agreement: str = "error",
     ) -> None:
         super().__init__()
+        if no_agreement not in NO_AGREEMENT:
+            raise CalibrationError(
+                f"no_agreement must be one of {NO_AGREEMENT}, got {no_agreement!r}"
+            )
+        self.no_agreement = no_agreement
         if scaler not in SCALERS:
             raise CalibrationError(f"scaler must be one of {SCALERS}, got {scaler!r}")
         if mask not in MASKS:
@@ -259,6 +272,7 @@ class DACA(Calibrator):
             "tau0": self.tau0,
             "eps": self.eps,
             "parity_dtype": self.parity_dtype,
+            "no_agreement": self.no_agreement,
         }
 
     def get_params(self) -> dict[str, Any]:
@@ -331,6 +345,8 @@ class DACA(Calibrator):
         agree = np.argmax(zt, axis=1) == ref_pred
         n_agree = int(agree.sum())
         sel = _select(agree, self.mask)
+        if not sel.any() and self.no_agreement == "fallback":
+            return self._fallback(t, reference, n, n_agree, k, ref_info)
         if not sel.any():
             what = {"agree": "agree", "disagree": "disagree", "none": "exist"}[self.mask]
             raise CalibrationError(
@@ -368,6 +384,39 @@ class DACA(Calibrator):
     def fit_transform(self, target: Scores, reference: Scores) -> Scores:
         """Fit, then transform ``target``."""
         return self.fit(target, reference).transform(target)
+
+    def _fallback(
+        self, t: Scores, reference: Scores, n: int, n_agree: int, k: int, ref_info: dict[str, Any]
+    ) -> Self:
+        """No question in the mask: the identity scaler (τ = 1), recorded as a fallback."""
+        if self.scaler == "temperature":
+            self.temperature_ = 1.0
+        else:
+            self.k_, self.theta_ = k, identity_affine(self.scaler, k)
+        self.mask_ = np.zeros(n, dtype=bool)
+        self.ids_ = [str(i) for i in t.ids.tolist()]
+        warn(
+            f"DACA: no question is in the {self.mask!r} mask (of {n}: {n_agree} agree); "
+            "no_agreement='fallback' keeps τ = 1 (the identity)"
+        )
+        self.fit_info_ = to_jsonable(
+            {
+                "n": len(t),
+                "n_reference": len(reference),
+                "n_total": n,
+                "n_agree": n_agree,
+                "n_disagree": n - n_agree,
+                **provenance(t),
+                "reference": {**provenance(reference), **ref_info},
+                "mask": self.mask,
+                "scaler": self.scaler,
+                "k": k,
+                "n_used": 0,
+                "fallback": True,
+                "solver": "none (no question in the mask: identity fallback)",
+            }
+        )
+        return self
 
     def _fit_temperature(self, zt: FloatArray, p: FloatArray, sel: BoolArray) -> dict[str, Any]:
         self.mask_ = sel
@@ -591,3 +640,231 @@ class DACA(Calibrator):
         check_full_rows(scores.logits, f"DACA(scaler={self.scaler!r})", self.k_)
         a, b = self._parts()
         return apply_affine(scores.logits, self.scaler, a, b), {}
+
+
+class SubjectDACA(Calibrator):
+    """DACA with one temperature per subject (the paper's MMLU protocol, daca.md §2).
+
+    ``fit(target=..., reference=...)`` fits a temperature-scaling :class:`DACA` on each
+    subject's questions (``Scores.subjects``); a subject with no agreeing question keeps τ = 1
+    (``no_agreement="fallback"``, counted in ``fit_info_["n_fallback"]``) or raises
+    (``"error"``). ``transform`` applies each question's subject τ; a subject not seen in the
+    fit (or a question without a subject) gets ``unseen``: the pooled DACA τ over all fitted
+    questions (``"pooled"``), 1 (``"identity"``), or an error.
+    """
+
+    kind: ClassVar[str] = "daca-subject"
+
+    def __init__(
+        self,
+        mask: str = "agree",
+        parity: bool = False,
+        *,
+        no_agreement: str = "fallback",
+        unseen: str = "pooled",
+        missing: str = "spread",
+        align: str = "exact",
+        tau_range: tuple[float, float] | list[float] = DEFAULT_TAU_RANGE,
+        lr: float = 0.05,
+        epochs: int = 400,
+        batch_size: int = 256,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if unseen not in UNSEEN:
+            raise CalibrationError(f"unseen must be one of {UNSEEN}, got {unseen!r}")
+        self.unseen = unseen
+        self._options: dict[str, Any] = {
+            "mask": mask,
+            "parity": bool(parity),
+            "no_agreement": no_agreement,
+            "missing": missing,
+            "align": align,
+            "tau_range": list(check_tau_range(tau_range)),
+            "lr": float(lr),
+            "epochs": int(epochs),
+            "batch_size": int(batch_size),
+            "seed": int(seed),
+        }
+        self._daca()  # validates the options
+        self.temperatures_: dict[str, float] = {}
+        self.fallback_subjects_: list[str] = []
+        self.unseen_temperature_: float | None = None
+
+    def _daca(self) -> DACA:
+        return DACA(scaler="temperature", **self._options)
+
+    def get_config(self) -> dict[str, Any]:
+        """Constructor options."""
+        return {**self._options, "unseen": self.unseen}
+
+    def get_params(self) -> dict[str, Any]:
+        """``{"temperatures": {subject: τ}, "fallback_subjects", "unseen_temperature"}``."""
+        self._check_fitted()
+        return {
+            "temperatures": dict(self.temperatures_),
+            "fallback_subjects": list(self.fallback_subjects_),
+            "unseen_temperature": self.unseen_temperature_,
+        }
+
+    def _set_params(self, params: dict[str, Any], source: str) -> None:
+        temps = params["temperatures"]
+        if not isinstance(temps, dict) or not temps:
+            raise CalibrationError(f"{source}: 'temperatures' must be a non-empty object")
+        out = {}
+        for subject, value in temps.items():
+            tau = float(float_array(value, (), f"temperatures[{subject!r}]", source))
+            if tau <= 0.0:
+                raise CalibrationError(f"{source}: τ of subject {subject!r} is {tau} ≤ 0; re-fit")
+            out[str(subject)] = tau
+        self.temperatures_ = out
+        self.fallback_subjects_ = [str(x) for x in params.get("fallback_subjects", [])]
+        unseen = params.get("unseen_temperature")
+        self.unseen_temperature_ = None if unseen is None else float(unseen)
+
+    def fit(self, target: Scores, reference: Scores) -> Self:
+        """Fit one τ per subject of ``target`` (aligned with ``reference`` by id)."""
+        if not isinstance(target, Scores) or not isinstance(reference, Scores):
+            raise CalibrationError("SubjectDACA.fit(target=..., reference=...) takes two Scores")
+        if target.subjects is None:
+            raise CalibrationError(
+                "SubjectDACA needs subjects in the target Scores (score a task with subjects, "
+                "e.g. mmlu), or use DACA for one pooled τ"
+            )
+        try:
+            t, r = align(target, reference, how=self._options["align"])
+        except ScoresError as exc:
+            raise CalibrationError(f"SubjectDACA: target and reference do not fit: {exc}") from exc
+        assert t.subjects is not None
+        subjects = np.array([str(x) for x in t.subjects], dtype=object)
+        temps: dict[str, float] = {}
+        fallback: list[str] = []
+        per: dict[str, dict[str, Any]] = {}
+        for subject in sorted(set(subjects.tolist())):
+            idx = np.flatnonzero(subjects == subject)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", CalibrationWarning)
+                d = self._daca().fit(target=t.select(idx), reference=r.select(idx))
+            temps[subject] = d.temperature
+            info = d.fit_info_ or {}
+            if info.get("fallback"):
+                fallback.append(subject)
+            per[subject] = {
+                "n": len(idx),
+                "n_agree": info.get("n_agree"),
+                "n_used": info.get("n_used"),
+                "temperature": d.temperature,
+                "fallback": bool(info.get("fallback", False)),
+                "diverged": bool(info.get("diverged", False)),
+            }
+        pooled: float | None = None
+        if self.unseen == "pooled":
+            opts = {**self._options, "no_agreement": "fallback"}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", CalibrationWarning)
+                pooled = DACA(scaler="temperature", **opts).fit(target=t, reference=r).temperature
+        elif self.unseen == "identity":
+            pooled = 1.0
+        if fallback:
+            warn(
+                f"SubjectDACA: {len(fallback)} of {len(temps)} subjects have no question in the "
+                f"{self._options['mask']!r} mask and keep τ = 1: {', '.join(fallback[:10])}"
+            )
+        self.temperatures_ = temps
+        self.fallback_subjects_ = fallback
+        self.unseen_temperature_ = pooled
+        self.fit_info_ = to_jsonable(
+            {
+                "n": len(target),
+                "n_total": len(t),
+                "n_used": int(sum(v["n_used"] or 0 for v in per.values())),
+                **provenance(target),
+                "reference": provenance(reference),
+                "n_subjects": len(temps),
+                "n_fallback": len(fallback),
+                "subjects": per,
+                "unseen": self.unseen,
+            }
+        )
+        return self
+
+    def subject_temperatures(self, scores: Scores) -> FloatArray:
+        """The τ applied to each row of ``scores``."""
+        self._check_fitted()
+        subjects = scores.subjects if scores.subjects is not None else np.full(len(scores), None)
+        out = np.empty(len(scores))
+        missing: list[str] = []
+        for i, s in enumerate(subjects):
+            tau = self.temperatures_.get(str(s)) if s is not None else None
+            if tau is None:
+                if self.unseen_temperature_ is None:
+                    missing.append(str(s))
+                    continue
+                tau = self.unseen_temperature_
+            out[i] = tau
+        if missing:
+            raise CalibrationError(
+                f"SubjectDACA(unseen='error'): {len(missing)} questions have subjects not seen "
+                f"in the fit (e.g. {missing[0]!r}); re-fit with unseen='pooled' or 'identity'"
+            )
+        return out
+
+    def _transform_logits(self, scores: Scores) -> tuple[FloatArray, dict[str, Any]]:
+        taus = self.subject_temperatures(scores)
+        return scores.logits / taus[:, None], {}
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof = 1; 0 for one value) of ``values``."""
+    arr = np.asarray(list(values), dtype=np.float64)
+    if arr.size == 0:
+        raise CalibrationError("mean_std of no values")
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def template_protocol(
+    runs: Mapping[str, tuple[Scores, Scores, Scores]],
+    metric: Callable[[Scores], float],
+    *,
+    per_subject: bool = True,
+    no_agreement: str = "fallback",
+) -> dict[str, Any]:
+    """The paper's protocol over prompt templates (e.g. daca1–daca5): mean ± std of a metric.
+
+    ``runs[template] = (target_cal, reference_cal, target_test)``. Per template, DACA is
+    fitted on the calibration pair (one τ per subject with ``per_subject``) and ``metric`` is
+    computed on the test Scores before and after, averaged over subjects when ``per_subject``
+    (so every subject counts, the τ = 1 fallbacks included). Returns per-template values,
+    the fallback counts and ``{"vanilla": (mean, std), "daca": (mean, std)}`` over templates.
+    """
+    per: dict[str, dict[str, Any]] = {}
+    for name, (t_cal, r_cal, t_test) in runs.items():
+        cal: Calibrator
+        if per_subject:
+            cal = SubjectDACA(no_agreement=no_agreement).fit(target=t_cal, reference=r_cal)
+        else:
+            cal = DACA(no_agreement=no_agreement).fit(target=t_cal, reference=r_cal)
+        calibrated = cal.transform(t_test)
+        if per_subject:
+            if t_test.subjects is None:
+                raise CalibrationError(f"template {name!r}: the test Scores have no subjects")
+            groups = sorted({str(s) for s in t_test.subjects})
+            subj = np.array([str(s) for s in t_test.subjects], dtype=object)
+            vanilla = [metric(t_test.select(np.flatnonzero(subj == g))) for g in groups]
+            daca = [metric(calibrated.select(np.flatnonzero(subj == g))) for g in groups]
+            v, d = float(np.mean(vanilla)), float(np.mean(daca))
+        else:
+            v, d = metric(t_test), metric(calibrated)
+        info = cal.fit_info_ or {}
+        per[name] = {
+            "vanilla": v,
+            "daca": d,
+            "n_fallback": int(info.get("n_fallback", 1 if info.get("fallback") else 0)),
+            "n_subjects": int(info.get("n_subjects", 1)),
+        }
+    return {
+        "templates": per,
+        "vanilla": mean_std([p["vanilla"] for p in per.values()]),
+        "daca": mean_std([p["daca"] for p in per.values()]),
+        "n_fallback": {k: p["n_fallback"] for k, p in per.items()},
+    }

@@ -10,7 +10,7 @@ from typing import Any
 from llmcal._cliutil import resolve_limit
 from llmcal._io import atomic_write_text
 from llmcal.errors import ConfigError
-from llmcal.finetune.config import FinetuneConfig
+from llmcal.finetune.config import FinetuneConfig, from_preset
 from llmcal.tasks.types import Task
 
 #: The table printed after training, in this column order.
@@ -32,31 +32,73 @@ def check_adapter_out(path: str) -> Path:
     return out
 
 
+#: ``llmcal finetune`` argument → FinetuneConfig field, for every option a preset can set.
+ARG_FIELDS: dict[str, str] = {
+    "method": "method",
+    "loss": "base_loss",
+    "alpha": "alpha",
+    "margin": "margin",
+    "style_steps": "style_steps",
+    "refresh_every": "refresh_every",
+    "refresh_max_steps": "refresh_max_steps",
+    "gate_reference": "gate_reference",
+    "ece_weighting": "ece_weighting",
+    "e_step_every": "e_step_every",
+    "ece_only": "ece_only",
+    "label_smoothing": "sft_label_smoothing",
+    "lora_r": "lora_r",
+    "lora_alpha": "lora_alpha",
+    "lora_dropout": "lora_dropout",
+    "lora_targets": "lora_targets",
+    "lr": "learning_rate",
+    "weight_decay": "weight_decay",
+    "adam_eps": "adam_epsilon",
+    "warmup_ratio": "warmup_ratio",
+    "scheduler": "scheduler",
+    "batch_size": "batch_size",
+    "grad_accum": "grad_accum",
+    "epochs": "epochs",
+    "max_steps": "max_steps",
+    "max_length": "max_length",
+    "balance_letters": "balance_letters",
+    "seed": "seed",
+    "template": "template",
+    "letter_sep": "letter_sep",
+}
+
+
 def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
-    """FinetuneConfig from the parsed ``llmcal finetune`` arguments."""
-    targets = args.lora_targets.split(",") if args.lora_targets else None
-    if targets is None:
-        targets = ["all-linear"] if args.method in ("cft", "rcft") else ["q_proj", "v_proj"]
-    return FinetuneConfig(
-        method=args.method,
-        base_loss=args.loss,
-        alpha=args.alpha,
-        margin=args.margin,
-        style_steps=args.style_steps,
-        refresh_every=args.refresh_every,
-        lora_r=args.lora_r,
-        lora_alpha=args.lora_alpha if args.lora_alpha is not None else 2 * args.lora_r,
-        lora_targets=targets,
-        learning_rate=args.lr,
-        batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
-        epochs=args.epochs if args.epochs is not None else 1.0,
-        max_steps=args.max_steps,
-        max_length=args.max_length,
-        balance_letters=args.balance_letters,
-        seed=args.seed,
-        template=args.template,
-    )
+    """FinetuneConfig from the parsed ``llmcal finetune`` arguments.
+
+    Options left unset take the ``--preset`` value, else the FinetuneConfig default; without
+    a preset, LoRA α defaults to 2 × r and the targets to all-linear for cft / rcft (q_proj,
+    v_proj otherwise). The preset and the explicitly set fields are recorded in the config.
+    """
+    explicit: dict[str, Any] = {}
+    for arg, name in ARG_FIELDS.items():
+        value = getattr(args, arg, None)
+        if value is None:
+            continue
+        if arg == "lora_targets":
+            value = [t.strip() for t in value.split(",") if t.strip()]
+            if not value:
+                raise ConfigError("--lora-targets needs at least one module name")
+        explicit[name] = value
+    preset = getattr(args, "preset", None)
+    values = dict(explicit)
+    if preset is None:
+        method = values.get("method", "sft")
+        derived: dict[str, Any] = {}
+        if "lora_alpha" not in values:
+            derived["lora_alpha"] = 2 * values.get("lora_r", FinetuneConfig.lora_r)
+        if "lora_targets" not in values:
+            derived["lora_targets"] = (
+                ["all-linear"] if method in ("cft", "rcft") else ["q_proj", "v_proj"]
+            )
+        cfg = from_preset(None, **values, **derived)
+        cfg.overrides = sorted(explicit)
+        return cfg
+    return from_preset(preset, **values)
 
 
 def split_task(task: Task, cal: float, test: float, seed: int) -> dict[str, Task]:
@@ -112,13 +154,13 @@ def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
     out = check_adapter_out(args.out)
     config = config_from_args(args)
     eval_limit = getattr(args, "eval_limit", None)
-    task = task.subset(resolve_limit(args.limit, len(task)), seed=args.seed)
+    task = task.subset(resolve_limit(args.limit, len(task)), seed=config.seed)
     cal_fraction = args.cal_fraction
     if cal_fraction is None:
         cal_fraction = 0.1 if config.gated else 0.0
     if config.gated and cal_fraction <= 0:
         raise ConfigError(f"--method {config.method} needs a calibration split: --cal-fraction > 0")
-    parts = split_task(task, cal_fraction, args.test_fraction, args.seed)
+    parts = split_task(task, cal_fraction, args.test_fraction, config.seed)
     if args.no_eval or "test" not in parts:
         plan = "; no before / after evaluation"
     else:
@@ -134,11 +176,28 @@ def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
         + plan,
         flush=True,
     )
+    scorer = None
+    knowledge = None
+    if getattr(args, "report_knowledge", False):
+        from llmcal.finetune.knowledge import knowledge_labels
+        from llmcal.models import HFScorer
+
+        scorer = HFScorer(args.model, device=args.device, progress=False)
+        knowledge = knowledge_labels(
+            scorer,
+            parts["train"],
+            n_prompts=args.knowledge_prompts,
+            shots=args.knowledge_shots,
+            seed=config.seed,
+        )
+        print(knowledge.summary_line(), flush=True)
     result = finetune(
         args.model,
         parts["train"],
         config,
         out,
+        scorer=scorer,
+        ref_known=None if knowledge is None else knowledge.known(),
         cal=parts.get("cal"),
         resume=args.resume,
         keep_checkpoints=args.keep_checkpoints,
@@ -147,19 +206,24 @@ def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
         device=args.device,
     )
     summary: dict[str, Any] = {"adapter": str(out), "steps": result.steps}
+    extra: dict[str, Any] = {}
+    if knowledge is not None:
+        summary["knowledge"] = extra["knowledge"] = knowledge.to_dict()
     if "test" in parts and not args.no_eval:
         test = parts["test"]
         if eval_limit is not None and eval_limit < len(test):
-            test = test.subset(eval_limit, seed=args.seed)
+            test = test.subset(eval_limit, seed=config.seed)
         tests = {"test": test}
         note(f"training done ({result.steps} steps); evaluating on {len(test)} test questions")
-        before = evaluate_runs(args.model, None, tests, config.template, args.device)["test"]
-        after = evaluate_runs(args.model, out, tests, config.template, args.device)["test"]
+        template = result.template or config.template
+        before = evaluate_runs(args.model, None, tests, template, args.device)["test"]
+        after = evaluate_runs(args.model, out, tests, template, args.device)["test"]
         rows = {f"{args.model} (before)": before, f"+ {config.method} adapter": after}
         print(eval_table(rows), flush=True)
-        summary["evaluation"] = {"before": before, "after": after}
+        summary["evaluation"] = extra["evaluation"] = {"before": before, "after": after}
+    if extra:
         record = out / SUMMARY_FILE
         data = json.loads(record.read_text())
-        data["evaluation"] = summary["evaluation"]
+        data.update(extra)
         atomic_write_text(record, json.dumps(data, indent=2, default=float) + "\n")
     return summary

@@ -26,6 +26,107 @@ METHODS: dict[str, tuple[BaseLoss, str | None, bool]] = {
 #: Default weight of the calibration term per regulariser (cogcalib.md §3; cft_rcft.md λ = 1).
 #: LS: α = ε/(1 − ε) with ε = 0.1, the additive form of classic label smoothing.
 DEFAULT_ALPHA: dict[str, float] = {"ls": 0.1 / 0.9, "mbls": 0.1, "ecp": 0.1, "ece": 1.0}
+#: The authors' RCFT trainer default α in (1 − α)·L_SFT + α·1e-3·L_ECE (cft_rcft.md §2.2, §3).
+CODE_ALPHA = 0.5
+
+#: Learning-rate schedules (names of transformers' ``lr_scheduler_type``).
+SCHEDULERS: tuple[str, ...] = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+)
+
+_CFT_COMMON: dict[str, Any] = {
+    # cft_rcft.md §3: LoRA r / alpha / dropout / bias = 128 / 64 / 0.05 / none, all linear
+    # layers; adamw, warmup_ratio 0.1, cosine; 5 epochs; batch 2 per device × 2 GPUs = 4;
+    # max length 2048; seed 42. Learning rate: §7.10 resolution, 5e-5. Text format: §4.1
+    # (the "cft" template), letter token chosen by where the model puts mass (§7.8).
+    "lora_r": 128,
+    "lora_alpha": 64,
+    "lora_dropout": 0.05,
+    "lora_targets": ["all-linear"],
+    "learning_rate": 5e-5,
+    "weight_decay": 0.0,
+    "adam_epsilon": 1e-8,
+    "warmup_ratio": 0.1,
+    "scheduler": "cosine",
+    "epochs": 5.0,
+    "batch_size": 2,
+    "grad_accum": 2,
+    "max_length": 2048,
+    "seed": 42,
+    "template": "cft",
+    "letter_sep": "auto",
+}
+
+#: Named settings from the specs (``--preset NAME``); explicit options override them.
+PRESETS: dict[str, dict[str, Any]] = {
+    # cft_rcft.md §2.1: CFT = completion-only SFT1, no ECE term (§7.2: α = 0).
+    "cft-paper": {**_CFT_COMMON, "method": "cft"},
+    # cft_rcft.md §2.2 paper version: L_SFT2 (full sequence) + λ·L_ECE with λ = 1; §7.4
+    # batch-mean weighting, §7.5 E-step every epoch, §7.6 detached targets.
+    "rcft-paper": {
+        **_CFT_COMMON,
+        "method": "rcft",
+        "base_loss": "full",
+        "alpha": 1.0,
+        "ece_weighting": "batch",
+        "e_step_every": None,
+    },
+    # cft_rcft.md §2.2 [code]: (1 − α)·L_SFT1 + α·1e-3·L_ECE, α = 0.5, 1/n_m over the
+    # whole-training-set counts, per device; the E-step once before training.
+    "rcft-code": {
+        **_CFT_COMMON,
+        "method": "rcft",
+        "base_loss": "completion",
+        "alpha": 0.5,
+        "ece_weighting": "code",
+        "e_step_every": 0,
+    },
+    # cogcalib.md §3 [design] defaults (BLoB protocol): LoRA r = 8, lora_alpha = 16, dropout 0,
+    # q_proj, v_proj and lm_head; AdamW lr 1e-4, weight decay 0, eps 1e-6, linear, 6 % warm-up;
+    # 5,000 steps, batch 4, max length 300; α LS 0.1; style adaptation 100–200 steps (100);
+    # threshold refresh every 500 steps or every epoch, whichever first; seeds 1, 2, 3 (1).
+    # §7.1: reference labels from the current model; §7.2: D_cal ~10 % of train.
+    "cogcalib-paper": {
+        "method": "cogcalib-ls",
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "lora_dropout": 0.0,
+        "lora_targets": ["q_proj", "v_proj", "lm_head"],
+        "learning_rate": 1e-4,
+        "weight_decay": 0.0,
+        "adam_epsilon": 1e-6,
+        "warmup_ratio": 0.06,
+        "scheduler": "linear",
+        "max_steps": 5000,
+        "batch_size": 4,
+        "grad_accum": 1,
+        "max_length": 300,
+        "alpha": 0.1,
+        "style_steps": 100,
+        "refresh_every": None,
+        "refresh_max_steps": 500,
+        "gate_reference": "current",
+        "seed": 1,
+    },
+}
+
+
+def from_preset(name: str | None, **overrides: Any) -> FinetuneConfig:
+    """FinetuneConfig of preset ``name`` (or the defaults), with ``overrides`` on top."""
+    if name is not None and name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    values: dict[str, Any] = dict(PRESETS[name]) if name else {}
+    values.update(overrides)
+    if "max_steps" in overrides and "epochs" not in overrides:
+        values.pop("epochs", None)
+    if "epochs" in overrides and "max_steps" not in overrides:
+        values.pop("max_steps", None)
+    return FinetuneConfig(**values, preset=name, overrides=sorted(overrides))
 
 
 @dataclass
@@ -38,11 +139,17 @@ class FinetuneConfig:
     margin: float = 10.0  # MbLS margin m
     # CogCalib
     style_steps: int | None = None  # plain-CE steps before t0; None: 5 % of the steps (≥ 1)
-    refresh_every: int | None = None  # threshold refresh interval; None: once per epoch
+    #: threshold refresh: None = at every epoch end and after ``refresh_max_steps`` steps since
+    #: the last fit, whichever comes first (cogcalib.md §3, §7.3); N = every N steps only
+    refresh_every: int | None = None
+    refresh_max_steps: int = 500
     gate_reference: Literal["current", "initial"] = "current"
     # RCFT
+    #: "batch": L_SFT + λ·mean_i err_i over the global batch (cft_rcft.md §7.4);
+    #: "code": the authors' (1 − α)·L_SFT + α·1e-3·Σ_i err_i / n_m, per device (α default 0.5)
     ece_weighting: Literal["batch", "code"] = "batch"
-    e_step_every: int | None = None  # steps between E-steps; None: every epoch
+    e_step_every: int | None = None  # steps between E-steps; None: every epoch; 0: once only
+    ece_only: bool = False  # RCFT ablation: drop the SFT term, keep only the L_ECE term
     # completion / full SFT
     sft_label_smoothing: float = 0.0  # full-vocabulary ε on SFT tokens (HF label_smoothing_factor)
     # LoRA and optimiser
@@ -52,6 +159,7 @@ class FinetuneConfig:
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     learning_rate: float = 1e-4
     weight_decay: float = 0.0
+    adam_epsilon: float = 1e-8
     warmup_ratio: float = 0.06
     scheduler: str = "linear"
     batch_size: int = 8
@@ -64,7 +172,13 @@ class FinetuneConfig:
     balance_letters: bool = False
     seed: int = 0
     template: str = "daca1"
+    #: option-letter token after ``Answer:`` for the cft template: "auto" = the variant (bare
+    #: "A" or " A") the model puts more mass on (cft_rcft.md §7.8), "bare" or "space"
+    letter_sep: Literal["auto", "bare", "space"] = "auto"
     logging_steps: int = 5
+    #: the named preset the run started from, and the fields set explicitly on top of it
+    preset: str | None = None
+    overrides: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -82,8 +196,34 @@ class FinetuneConfig:
             raise ConfigError(f"--epochs must be > 0, got {self.epochs}")
         for name in ("style_steps", "refresh_every", "e_step_every"):
             value = getattr(self, name)
-            if value is not None and value < (0 if name == "style_steps" else 1):
+            if value is not None and value < (1 if name == "refresh_every" else 0):
                 raise ConfigError(f"{name.replace('_', '-')} out of range: {value}")
+        if self.refresh_max_steps < 1:
+            raise ConfigError(f"refresh-max-steps must be >= 1, got {self.refresh_max_steps}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.weight_decay < 0 or not self.adam_epsilon > 0:
+            raise ConfigError("weight-decay must be >= 0 and adam-eps > 0")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(
+                f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}"
+            )
+        if self.letter_sep not in ("auto", "bare", "space"):
+            raise ConfigError("letter sep must be 'auto', 'bare' or 'space'")
+        if self.ece_only and self.regulariser != "ece":
+            raise ConfigError("--ece-only is the RCFT ablation: use it with --method rcft")
+        if (
+            self.regulariser == "ece"
+            and self.ece_weighting == "code"
+            and self.alpha is not None
+            and self.alpha > 1
+        ):
+            raise ConfigError(
+                f"--alpha {self.alpha}: with --ece-weighting code the loss is "
+                "(1 − α)·L_SFT + α·1e-3·L_ECE, so α must be in [0, 1]"
+            )
         if not 0 <= self.sft_label_smoothing < 1:
             raise ConfigError("sft label smoothing must be in [0, 1)")
         if self.gate_reference not in ("current", "initial"):
@@ -108,12 +248,30 @@ class FinetuneConfig:
 
     @property
     def weight(self) -> float:
-        """α (or RCFT's λ) actually used."""
+        """α (or RCFT's λ; the code-mode α) actually used."""
         reg = self.regulariser
         if reg is None:
             return 0.0
-        return DEFAULT_ALPHA[reg] if self.alpha is None else self.alpha
+        if self.alpha is not None:
+            return self.alpha
+        if reg == "ece" and self.ece_weighting == "code":
+            return CODE_ALPHA
+        return DEFAULT_ALPHA[reg]
+
+    @property
+    def sft_weight(self) -> float:
+        """Coefficient of the SFT term: 0 for the ECE-only ablation, 1 − α in code mode."""
+        if self.ece_only:
+            return 0.0
+        if self.regulariser == "ece" and self.ece_weighting == "code":
+            return 1.0 - self.weight
+        return 1.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready settings, with the resolved loss and weight."""
-        return {**asdict(self), "resolved_loss": self.loss, "resolved_weight": self.weight}
+        return {
+            **asdict(self),
+            "resolved_loss": self.loss,
+            "resolved_weight": self.weight,
+            "resolved_sft_weight": self.sft_weight,
+        }

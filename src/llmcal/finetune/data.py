@@ -46,6 +46,64 @@ def letter_format(scorer: HFScorer, task: Task, template: Template) -> LetterFor
     return LetterFormat(template, tuple(ids))
 
 
+#: The two letter conventions of the CFT format: bare "A" after ``Answer:`` or " A".
+CFT_VARIANTS = {"bare": "cft", "space": "cft-space"}
+
+
+def letter_mass(scorer: HFScorer, task: Task, template: Template, n: int = 32) -> float:
+    """Mean probability (full vocabulary) the model puts on the K letter tokens after the prompt.
+
+    Over the first ``n`` questions of ``task``; raises ModelError where the letters are not
+    single tokens after the prompt.
+    """
+    import torch
+
+    qs = list(task)[:n]
+    prompt = scorer.render_letter(qs[0], template)
+    ids = scorer.option_token_ids(prompt, template.answer_sep, task.max_choices, template.chat)
+    seqs = [scorer.encode(scorer.render_letter(q, template), template.chat) for q in qs]
+    total = 0.0
+    for start in range(0, len(seqs), 8):
+        with torch.inference_mode():
+            logits = scorer._last_logits(seqs[start : start + 8]).double()
+        probs = torch.softmax(logits, dim=-1)[:, ids]
+        for j, q in enumerate(qs[start : start + 8]):
+            total += float(probs[j, : len(q.choices)].sum())
+    return total / len(qs)
+
+
+def resolve_letter_template(
+    scorer: HFScorer, task: Task, template: Template, letter_sep: str = "auto"
+) -> tuple[Template, dict[str, float]]:
+    """The CFT template variant to use: bare / space letter as asked, or by letter mass.
+
+    Templates other than the CFT format are returned unchanged. With ``"auto"`` the variant
+    whose letter tokens get more probability mass after ``Answer:`` wins (cft_rcft.md §7.8);
+    a variant whose letters are not single tokens after the prompt is not a candidate.
+    Returns the template and the measured mass of each candidate.
+    """
+    from llmcal.errors import ModelError
+    from llmcal.tasks.templates import get_template
+
+    if template.style != "cft":
+        return template, {}
+    if letter_sep != "auto":
+        return get_template(CFT_VARIANTS[letter_sep]), {}
+    masses: dict[str, float] = {}
+    for kind, name in CFT_VARIANTS.items():
+        try:
+            masses[kind] = letter_mass(scorer, task, get_template(name))
+        except ModelError:
+            continue
+    if not masses:
+        raise ConfigError(
+            f"neither 'A' nor ' A' is a single token after '### Answer:' for {scorer.name!r}; "
+            "use a daca template"
+        )
+    best = max(masses, key=lambda k: masses[k])
+    return get_template(CFT_VARIANTS[best]), masses
+
+
 def encode_task(
     scorer: HFScorer,
     task: Task,

@@ -175,3 +175,14 @@ def token_ce_sum(
     if smoothing:
         nll = (1.0 - smoothing) * nll - smoothing * logp.mean(-1)
     return (nll.double() * weight).sum(-1)  # float64 sums: exact-ish across batch layouts
+
+
+def rcft_code_ece(err: torch.Tensor, n_m: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The authors' ECE term α·1e-3·Σ_i err_i / n_m(i) (float64), n_m = whole-set bin counts.
+
+    An example in a bin that was empty at the E-step would divide by 0 in the code (inf);
+    it gets weight 1/|B| instead (cft_rcft.md §7.7).
+    """
+    n = n_m.double()
+    w = torch.where(n > 0, 1.0 / n.clamp(min=1.0), torch.full_like(n, 1.0 / max(1, len(err))))
+    return alpha * 1e-3 * (err.double() * w).sum()

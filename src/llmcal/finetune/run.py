@@ -39,7 +39,10 @@ class FinetuneResult:
     gate_history: list[dict[str, float]] = field(default_factory=list)
     e_step_history: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, list[float]] = field(default_factory=dict)
-    schedule: dict[str, int] = field(default_factory=dict)
+    schedule: dict[str, Any] = field(default_factory=dict)
+    #: the template trained with (the CFT letter variant resolved), and the letter masses
+    template: str = ""
+    letter_mass: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record (also written to the adapter folder)."""
@@ -49,6 +52,8 @@ class FinetuneResult:
             "train_seconds": self.train_seconds,
             "step_seconds": self.step_seconds,
             "schedule": self.schedule,
+            "resolved_template": self.template,
+            "letter_mass": self.letter_mass,
             "log_history": self.log_history,
             "diagnostics": self.diagnostics,
             "gate_history": self.gate_history,
@@ -112,7 +117,13 @@ def finetune(
     from transformers import TrainingArguments, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
-    from llmcal.finetune.data import LetterCollator, balance_letters, encode_task, letter_format
+    from llmcal.finetune.data import (
+        LetterCollator,
+        balance_letters,
+        encode_task,
+        letter_format,
+        resolve_letter_template,
+    )
     from llmcal.finetune.trainer import (
         CalibrationTrainer,
         CogCalibCallback,
@@ -139,6 +150,7 @@ def finetune(
     if config.balance_letters:
         train = balance_letters(train, config.seed)
     all_q = Task(train.name, [*train, *(cal or [])])
+    template, masses = resolve_letter_template(scorer, all_q, template, config.letter_sep)
     fmt = letter_format(scorer, all_q, template)
     train_ds = ListDataset(encode_task(scorer, train, fmt, config.max_length, ref_known))
     cal_ds = ListDataset(encode_task(scorer, cal, fmt, config.max_length)) if cal else None
@@ -153,6 +165,7 @@ def finetune(
         gradient_accumulation_steps=config.grad_accum,
         learning_rate=config.learning_rate,
         weight_decay=config.weight_decay,
+        adam_epsilon=config.adam_epsilon,
         warmup_steps=config.warmup_ratio,
         lr_scheduler_type=config.scheduler,
         num_train_epochs=config.epochs,
@@ -185,7 +198,11 @@ def finetune(
     if plain:
         trainer.add_callback(StepProgress(f"training {model} ({config.method})"))
     if config.gated:
-        trainer.add_callback(CogCalibCallback(trainer, config.style_steps, config.refresh_every))
+        trainer.add_callback(
+            CogCalibCallback(
+                trainer, config.style_steps, config.refresh_every, config.refresh_max_steps
+            )
+        )
     if config.regulariser == "ece":
         trainer.add_callback(EStepCallback(trainer, config.e_step_every))
     for cb in callbacks:
@@ -205,6 +222,8 @@ def finetune(
         e_step_history=list(trainer.e_step_history),
         timings={k: list(v) for k, v in trainer.timings.items()},
         schedule=dict(trainer.schedule),
+        template=template.name,
+        letter_mass=masses,
     )
     if trainer.is_world_process_zero():
         meta = {

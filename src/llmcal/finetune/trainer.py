@@ -14,16 +14,23 @@ Where this differs from the authors' released RCFT code (cft_rcft.md; CogCalib h
   are read at the last prompt position (the code's ``"### Answer:{L}"`` can merge ":A" into
   one token, so its position −2 may score the wrong token; §7.8);
 * RCFT's base loss is the full-sequence SFT2 of the paper (the code uses completion-only SFT1);
-* the E-step is re-run every epoch (or every N steps) by a callback (the code runs it once);
+* the E-step is re-run every epoch (or every N steps) by a callback (the code runs it once:
+  ``e_step_every=0``);
 * the targets are detached (EM), K comes from each question (the code hard-codes K − 1 = 3),
   and an empty bin takes the nearest non-empty bin's accuracy (the code's ``nan_to_num`` gives
   0; see :mod:`llmcal.finetune.losses`);
 * L_ECE is a per-example mean with λ = 1 (the code's 1/n_m over dataset counts times α·1e-3
-  makes the term ~1e-5 of the SFT loss; kept as ``ece_weighting="code"``);
+  makes the term ~1e-5 of the SFT loss). ``ece_weighting="code"`` reproduces the code's
+  objective exactly instead: (1 − α)·L_SFT + α·1e-3·Σ_{i∈B} err_i / n_m(i), α = 0.5, where
+  L_SFT is the mean over the micro-batch's SFT tokens and B the micro-batch *on one device*;
+  under DDP (and gradient accumulation) the micro-batch losses are averaged, as the HF Trainer
+  the authors use does. That objective is not invariant to the batch layout, by design;
+* ``ece_only`` drops the SFT term (the §6.3 ECE-only ablation) in either weighting;
 * epochs are the Trainer's own (the code calls ``super().train()`` once per epoch: 5 × 5 passes).
 
-CogCalib's spec puts LoRA on ``lm_head`` too; the default targets leave it out because both
-bundled models tie it to the input embeddings, which a merged adapter would then change too.
+CogCalib's spec puts LoRA on ``lm_head`` too, and so does ``--preset cogcalib-paper``; the plain
+defaults leave it out because both bundled models tie it to the input embeddings, which a
+merged adapter would then change too.
 """
 
 from __future__ import annotations
@@ -95,9 +102,10 @@ class CalibrationTrainer(Trainer):
         self.gate_history: list[dict[str, float]] = []
         self.e_step_history: list[dict[str, Any]] = []
         self.diagnostics: list[dict[str, float]] = []
-        self.schedule: dict[str, int] = {}
+        self.schedule: dict[str, Any] = {}
         self.timings: dict[str, list[float]] = {"step": [], "e_step": [], "threshold": []}
         self._counts = torch.zeros(3, dtype=torch.float64)  # examples, answer tokens, seq tokens
+        self._n_micro = 1  # micro-batches in the current accumulation window (this process)
         self._diag = torch.zeros(len(DIAG_KEYS), dtype=torch.float64)
 
     # -- global normalisation ------------------------------------------------------------------
@@ -125,6 +133,7 @@ class CalibrationTrainer(Trainer):
             local[1] += mask.shape[0]  # one answer token per example
             local[2] += (mask[:, 1:] * mask[:, :-1]).sum().item()
         self._counts = self._all_sum(local)
+        self._n_micro = max(1, len(batches))
         return batches, torch.tensor(float(self._counts[0]), device=device)
 
     # -- forward passes ------------------------------------------------------------------------
@@ -253,7 +262,9 @@ class CalibrationTrainer(Trainer):
                 [mask.shape[0], mask.shape[0], float((mask[:, 1:] * mask[:, :-1]).sum())],
                 dtype=torch.float64,
             )
-        full = ft.loss == "full"
+        code = ft.regulariser == "ece" and ft.ece_weighting == "code"
+        sft_w = ft.sft_weight
+        full = ft.loss == "full" and sft_w > 0
         logits = self._forward(model, inputs, full=full)
         rows = torch.arange(logits.shape[0], device=logits.device)
         at = inputs["answer_pos"] - (inputs["input_ids"].shape[1] - logits.shape[1])
@@ -262,7 +273,13 @@ class CalibrationTrainer(Trainer):
         y, omask = inputs["option_label"], inputs["option_mask"]
         nll = L.option_nll(z, y, omask)
 
-        if ft.loss == "option":
+        am = inputs["attention_mask"]
+        if code:  # the authors' per-device means (see the module docstring)
+            local = [am.shape[0], am.shape[0], float((am[:, 1:] * am[:, :-1]).sum())]
+            counts = torch.tensor(local, dtype=torch.float64)
+        if sft_w == 0:
+            loss = torch.zeros((), dtype=torch.float64, device=z.device)
+        elif ft.loss == "option":
             loss = nll.double().sum() / float(counts[0])
         elif ft.loss == "completion":
             tok = L.token_ce_sum(
@@ -273,10 +290,11 @@ class CalibrationTrainer(Trainer):
             )
             loss = tok.sum() / float(counts[1])
         else:  # full sequence (RCFT's SFT2): every real token after the first
-            ids, am = inputs["input_ids"], inputs["attention_mask"]
+            ids = inputs["input_ids"]
             weight = (am[:, 1:] * am[:, :-1]).float()
             tok = L.token_ce_sum(logits[:, :-1], ids[:, 1:], weight, ft.sft_label_smoothing)
             loss = tok.sum() / float(counts[2])
+        loss = sft_w * loss
 
         gate = torch.ones_like(nll)
         reg = ft.regulariser
@@ -290,14 +308,16 @@ class CalibrationTrainer(Trainer):
                 raise RuntimeError("RCFT loss before the first E-step")
             probs = torch.softmax(z.masked_fill(~omask, float("-inf")), -1)
             err, b = L.rcft_sample_error(probs, self.bin_acc.to(z.device), omask)
-            if ft.ece_weighting == "code":
-                # authors' code: Σ_i err_i / n_m(i) over dataset counts, times α·1e-3 (§7.4)
-                n_m = self.bin_counts.to(z.device, z.dtype)[b].clamp(min=1.0)
-                loss = loss + ft.weight * 1e-3 * (err / n_m).double().sum()
+            if code:
+                # authors' code: Σ_{i∈B} err_i / n_m(i) over dataset counts, times α·1e-3
+                n_m = self.bin_counts.to(z.device, z.dtype)[b]
+                loss = loss + L.rcft_code_ece(err, n_m, ft.weight)
             else:
                 loss = loss + ft.weight * err.double().sum() / float(counts[0])
         self._accumulate_diagnostics(z.detach(), y, omask, gate, inputs["ref_known"])
-        loss = loss * self.world_size  # (float64 sums) × world size: DDP averages gradients
+        # code: the mean over the window's micro-batches, which DDP then averages over devices;
+        # else (float64 sums) × world size, because DDP averages gradients
+        loss = loss / self._n_micro if code else loss * self.world_size
         return (loss, {"logits": z}) if return_outputs else loss
 
     def _accumulate_diagnostics(
@@ -369,40 +389,76 @@ def _diagnostics(d: dict[str, float], gated: bool) -> dict[str, float]:
 
 
 class CogCalibCallback(TrainerCallback):
-    """Style adaptation, then the initial threshold and its refresh every ``refresh`` steps."""
+    """Style adaptation, then the initial threshold and its refreshes.
+
+    ``refresh=None`` (the spec's schedule, cogcalib.md §3 and §7.3): a refit at every epoch
+    end and whenever ``max_interval`` steps have passed since the last fit, whichever comes
+    first. ``refresh=N``: a refit every N steps after the initial one, nothing else.
+    """
 
     def __init__(
-        self, trainer: CalibrationTrainer, style_steps: int | None, refresh: int | None
+        self,
+        trainer: CalibrationTrainer,
+        style_steps: int | None,
+        refresh: int | None,
+        max_interval: int = 500,
     ) -> None:
         self.trainer = trainer
         self.style_steps = style_steps if style_steps is not None else -1
-        self.refresh = refresh if refresh is not None else -1
-        self._defaults = (style_steps is None, refresh is None)
+        self.refresh = refresh
+        self.max_interval = max_interval
+        self._default_style = style_steps is None
+        self._last = -1  # step of the last threshold fit
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        """Resolve the defaults (5 % of the steps; once per epoch); reference labels; on
-        resume past style adaptation, refit t (the refreshed t is not checkpointed)."""
-        if self._defaults[0]:
+        """Resolve the style default (5 % of the steps); reference labels; on resume past
+        style adaptation, refit t (the refreshed t is not checkpointed)."""
+        if self._default_style:
             self.style_steps = max(1, round(0.05 * state.max_steps))
-        if self._defaults[1]:
-            loader = kw.get("train_dataloader")
-            per_epoch = len(loader) if loader is not None else state.max_steps
-            self.refresh = max(1, math.ceil(per_epoch / args.gradient_accumulation_steps))
-        self.trainer.schedule = {"style_steps": self.style_steps, "refresh_every": self.refresh}
+        schedule: dict[str, Any] = {"style_steps": self.style_steps}
+        if self.refresh is None:
+            schedule.update(
+                refresh="epoch end or max_interval steps", max_interval=self.max_interval
+            )
+        else:
+            schedule["refresh_every"] = self.refresh
+        self.trainer.schedule = schedule
         if self.trainer.ft.gate_reference == "initial" and self.trainer.initial_known is None:
             self.trainer.record_initial_known()
         if state.global_step >= self.style_steps:
-            self.trainer.fit_threshold()
+            self._fit(state)
+
+    def _fit(self, state: TrainerState) -> None:
+        self.trainer.fit_threshold()
+        self._last = state.global_step
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        """Fit t0 when style adaptation ends; refresh it every ``refresh`` steps after."""
-        since = state.global_step - self.style_steps
-        if since == 0 or (since > 0 and since % self.refresh == 0):
-            self.trainer.fit_threshold()
+        """Fit t0 when style adaptation ends; then refresh on the schedule."""
+        step = state.global_step
+        since = step - self.style_steps
+        if since < 0 or self._last == step:
+            return
+        if since == 0:
+            self._fit(state)
+        elif self.refresh is not None:
+            if since % self.refresh == 0:
+                self._fit(state)
+        elif step - self._last >= self.max_interval:
+            self._fit(state)
+
+    def on_epoch_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        """The per-epoch refresh of the default schedule (unless t was just fitted, or
+        training is over: a fit after the last step would change nothing)."""
+        step = state.global_step
+        due = self.refresh is None and self.style_steps < step < state.max_steps
+        if due and self._last != step:
+            self._fit(state)
 
 
 class EStepCallback(TrainerCallback):
@@ -428,8 +484,8 @@ class EStepCallback(TrainerCallback):
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        """Optional step-based schedule."""
-        if self.every is not None and state.global_step % self.every == 0:
+        """Optional step-based schedule (``every=0``: once before training, as the code)."""
+        if self.every and state.global_step % self.every == 0:
             self.trainer.e_step()
 
     def _not_just_done(self, state: TrainerState) -> bool:

@@ -1,4 +1,4 @@
-"""Named prompt templates: the five DACA instructions, a few-shot variant and a chat variant.
+"""Named prompt templates: the five DACA instructions, few-shot, chat and the CFT format.
 
 A template renders a :class:`Question` into the text a scorer feeds the model:
 
@@ -30,6 +30,10 @@ DACA_INSTRUCTIONS: tuple[str, ...] = (
 
 Message = dict[str, str]
 
+#: The CFT / RCFT text format (cft_rcft.md §4.1): the authors' ``format_chat_template`` user
+#: content U(x), flattened as ``"### Question: " + U(x) + "\n ### Answer:"``.
+CFT_INSTRUCTION = "Answer with only a single letter:"
+
 
 @dataclass(frozen=True)
 class Template:
@@ -39,11 +43,27 @@ class Template:
     instruction: str
     chat: bool = False
     shots: int = 0
+    #: "daca" (the DACA/BLoB layout) or "cft" (cft_rcft.md §4.1)
+    style: str = "daca"
+    #: text between ``Answer:`` and the letter; None: " " for plain text, "" after a chat header
+    sep: str | None = None
 
     @property
     def answer_sep(self) -> str:
         """Text between the prompt and the option letter (``" A"`` after ``Answer:``)."""
+        if self.sep is not None:
+            return self.sep
         return "" if self.chat else " "
+
+    def cft_prompt(self, q: Question) -> str:
+        """``### Question: Question: …\n\nOptions:\nA. …\n\n<instruction>\n ### Answer:``."""
+        lines = [f"Passage: {q.context}", ""] if q.context else []
+        lines += [f"Question: {q.question}", "", "Options:"]
+        lines += [
+            f"{letter}. {choice}" for letter, choice in zip(q.letters, q.choices, strict=True)
+        ]
+        lines += ["", self.instruction]
+        return "### Question: " + "\n".join(lines) + "\n ### Answer:"
 
     def question_block(self, q: Question, with_answer: bool = False) -> str:
         """``[Passage: …\\n]Question: …\\nA: …\\n…\\nAnswer:`` (plus the letter for a shot)."""
@@ -78,6 +98,8 @@ class Template:
             raise ConfigError(
                 f"template {self.name!r} is a chat template; render it with messages()"
             )
+        if self.style == "cft":
+            return self.cft_prompt(q)
         return self._body(q, shots)
 
     def messages(self, q: Question, shots: Sequence[Question] = ()) -> list[Message]:
@@ -104,6 +126,9 @@ TEMPLATES: dict[str, Template] = {
     **{f"daca{i + 1}": Template(f"daca{i + 1}", text) for i, text in enumerate(DACA_INSTRUCTIONS)},
     "fewshot": Template("fewshot", DACA_INSTRUCTIONS[0], shots=5),
     "chat": Template("chat", DACA_INSTRUCTIONS[0], chat=True),
+    # the authors' "### Answer:{letter}" (bare letter) and the space-prefixed variant (§7.8)
+    "cft": Template("cft", CFT_INSTRUCTION, style="cft", sep=""),
+    "cft-space": Template("cft-space", CFT_INSTRUCTION, style="cft", sep=" "),
 }
 DEFAULT_TEMPLATE = "daca1"
 
