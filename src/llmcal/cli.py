@@ -256,7 +256,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         options = {"n_bins": args.bins} if args.kind == "histogram" else {}
         cal = CALIBRATORS[args.kind](**options).fit(Scores.load(args.scores))
     cal.save(out)
-    params = cal.get_params()
+    params = cal.get_fitted_params()
     shown = {k: v for k, v in params.items() if not isinstance(v, list) or len(v) <= 8}
     info = cal.fit_info_ or {}
     _print(f"fitted {args.kind} on {info.get('n_used', info.get('n'))} questions: {shown}")
