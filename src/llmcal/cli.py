@@ -285,6 +285,28 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_split(args: argparse.Namespace) -> int:
+    """Split a Scores file into seeded (stratified) parts, e.g. cal and test."""
+    from llmcal.scores import Scores
+    from llmcal.splits import parse_fractions, save_splits, split_scores
+
+    fractions = parse_fractions(args.fractions)
+    scores = Scores.load(args.scores)
+    parts = split_scores(scores, fractions, seed=args.seed, stratify=args.stratify)
+    how = next(iter(parts.values())).meta["split"]["stratify"]
+    strata = ""
+    if how == "subject" and scores.subjects is not None:
+        strata = f" ({len(set(scores.subjects.tolist()))} subjects)"
+    sizes = ", ".join(f"{name} {len(part)}" for name, part in parts.items())
+    paths = save_splits(parts, args.out_dir)
+    _print(
+        f"split {len(scores)} questions with seed {args.seed}, stratified by {how}{strata}: {sizes}"
+    )
+    for path in paths:
+        _print(f"wrote {path}")
+    return 0
+
+
 def _report_labels(text: str | None, count: int, n_files: int) -> list[str] | None:
     """Display names from --labels: one per run, unique and non-empty."""
     if text is None:
@@ -536,6 +558,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scores", help="Scores file (.parquet) to calibrate")
     p.add_argument("--out", required=True, help="output Scores file (.parquet)")
     p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser(
+        "split",
+        help="seeded (stratified) split of a Scores file → DIR/NAME.parquet per split",
+        description="Split the questions of a Scores file into disjoint parts, e.g. "
+        "--fractions cal=0.3,test=0.7: fit a calibrator on one, measure it on the other. "
+        "Stratified by subject when the Scores have subjects; all files or none are written.",
+    )
+    p.add_argument("scores", help="Scores file (.parquet)")
+    p.add_argument(
+        "--fractions", required=True, help="NAME=FRACTION pairs summing to 1, e.g. cal=0.3,test=0.7"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffle")
+    p.add_argument(
+        "--stratify",
+        choices=["auto", "subject", "label", "none"],
+        default="auto",
+        help="keep each subject's (or label's) share in every split; auto = subject if present",
+    )
+    p.add_argument("--out-dir", required=True, help="folder for NAME.parquet files")
+    p.set_defaults(func=cmd_split)
 
     p = sub.add_parser(
         "report",
