@@ -285,6 +285,47 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    """Turn scores computed elsewhere (lm-eval samples, saved API responses) into Scores."""
+    out = _out_path(args.out, [".parquet"], "--out")
+    if args.source == "lm-eval":
+        from llmcal.interop.lm_eval import read_lm_eval_samples
+
+        scores = read_lm_eval_samples(
+            args.samples,
+            results=args.results,
+            task=args.task_name,
+            id_field=args.id_field,
+            normalization=args.normalization,
+            filter_name=args.filter,
+        )
+        found = scores.meta["lm_eval"]["results_file"]
+        extra = f"lm-eval {scores.meta['lm_eval']['version'] or '?'}, " if found else ""
+        origin = f"{extra}results file {found or 'not found (no model / version recorded)'}"
+    else:
+        from llmcal.interop.openai import read_openai_responses
+
+        task = _load_task(args) if args.task else None
+        scores = read_openai_responses(args.responses, task=task, model=args.model)
+        blind = scores.meta["n_no_option_in_topk"]
+        origin = f"{scores.meta['api']} responses, top-{scores.meta['topk']['k']} log-probs"
+        if blind:
+            origin += f"; {blind} rows have no option in the top-k (chance level)"
+    scores.save(out)
+    line = (
+        f"imported {len(scores)} questions ({origin}): model {scores.meta.get('model') or '?'}, "
+        f"task {scores.meta.get('task') or '?'}"
+    )
+    if scores.has_labels:
+        line += (
+            f"; accuracy {scores.correct().mean():.4f}, mean confidence "
+            f"{scores.confidences().mean():.4f}"
+        )
+    _print(line)
+    _print(f"wrote {out}")
+    return 0
+
+
 def cmd_split(args: argparse.Namespace) -> int:
     """Split a Scores file into seeded (stratified) parts, e.g. cal and test."""
     from llmcal.scores import Scores
@@ -558,6 +599,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scores", help="Scores file (.parquet) to calibrate")
     p.add_argument("--out", required=True, help="output Scores file (.parquet)")
     p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser(
+        "import",
+        help="bring your own outputs: lm-eval samples or saved API responses → Scores",
+        description="Import scores computed elsewhere, without re-scoring: lm-evaluation-"
+        "harness --log_samples files of multiple-choice tasks, or saved OpenAI-compatible "
+        "responses with top log-probs.",
+    )
+    kinds = p.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    q = kinds.add_parser("lm-eval", help="lm-eval samples_<task>_<date>.jsonl → Scores")
+    q.add_argument("samples", help="samples_<task>_<date>.jsonl written by lm-eval --log_samples")
+    q.add_argument(
+        "--results",
+        default=None,
+        help="the aggregated results_<date>.json (default: found beside the samples file)",
+    )
+    q.add_argument("--task-name", default=None, help="task name (default: from the file name)")
+    q.add_argument(
+        "--id-field",
+        default="auto",
+        help="doc field used as question id; auto = doc.id if distinct, else doc_id",
+    )
+    q.add_argument(
+        "--normalization",
+        choices=["sum", "acc_norm"],
+        default="sum",
+        help="sum = summed log-likelihood (lm-eval acc); acc_norm = per character (acc_norm)",
+    )
+    q.add_argument("--filter", default=None, help="lm-eval filter to read when there are several")
+    q.add_argument("--out", required=True, help="output Scores file (.parquet)")
+    q.set_defaults(func=cmd_import)
+    q = kinds.add_parser(
+        "openai",
+        help="saved chat/completions responses with top log-probs (JSONL) → Scores",
+        description='One JSON object per line: {"id": ..., "response": {raw response body}, '
+        '"n_options": 4, "label": 2} (label / n_options may come from --task instead); OpenAI '
+        "Batch API output lines are read as they are.",
+    )
+    q.add_argument("responses", help="JSONL file of saved responses")
+    q.add_argument(
+        "--task", default=None, help="task whose questions (by id) give labels and option counts"
+    )
+    q.add_argument("--data-dir", default=None, help="folder of canonical JSONL files")
+    q.add_argument("--columns", default=None, help="column mapping for CSV/Parquet task files")
+    q.add_argument("--split", default=None, help="dataset split for hub datasets")
+    q.add_argument("--subject", action="append", default=None, help="keep only this subject")
+    q.add_argument("--model", default=None, help="model name to record (default: from responses)")
+    q.add_argument("--out", required=True, help="output Scores file (.parquet)")
+    q.set_defaults(func=cmd_import)
 
     p = sub.add_parser(
         "split",
