@@ -178,11 +178,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Print calibration metrics of a Scores file; optionally write JSON and a diagram."""
     from llmcal.metrics import evaluate
     from llmcal.report.tables import render, summary_table
-    from llmcal.scores import Scores
 
     json_out = _out_path(args.json, [".json"], "--json") if args.json else None
     plot_out = _out_path(args.plot, [".png"], "--plot") if args.plot else None
-    scores = Scores.load(args.scores)
+    scores = _load_scores_or_table(args)
     result = evaluate(
         scores,
         n_bins=args.bins,
@@ -232,6 +231,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
         _print(f"wrote {plot_out}")
     return 0
+
+
+def _load_scores_or_table(args: argparse.Namespace) -> Any:
+    """A Scores file, or with --foreign / --columns a plain table of probabilities or logits."""
+    from llmcal.errors import ScoresError
+    from llmcal.scores import Scores
+
+    if not (args.foreign or args.columns):
+        if Path(args.scores).suffix.lower() in (".csv", ".tsv"):
+            raise ConfigError(
+                f"{args.scores} is a table, not a Scores file; pass --foreign to read its "
+                "probabilities as they are (and --columns to name its columns)"
+            )
+        try:
+            return Scores.load(args.scores)
+        except ScoresError as exc:
+            if "no llmcal metadata" not in str(exc):
+                raise
+            raise ScoresError(f"{exc}; or pass --foreign to read it as a plain table") from None
+    from llmcal.interop.table import read_foreign_table
+
+    given = {k: v for k, v in (("model", args.model), ("task", args.task)) if v}
+    scores, unknown = read_foreign_table(args.scores, args.columns, given)
+    if unknown:
+        print(
+            f"llmcal: warning: {args.scores} has no llmcal metadata: {', '.join(unknown)} "
+            "unknown (give --model / --task to record them); the scores are taken as they are",
+            file=sys.stderr,
+        )
+    return scores
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -565,6 +594,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subjects", action="store_true", help="also print the per-subject table")
     p.add_argument("--json", default=None, help="write all metrics to this .json file")
     p.add_argument("--plot", default=None, help="write a reliability diagram to this .png file")
+    p.add_argument(
+        "--foreign",
+        action="store_true",
+        help="read a CSV / Parquet table of probabilities or logits not written by llmcal",
+    )
+    p.add_argument(
+        "--columns",
+        default=None,
+        metavar="MAP",
+        help="with --foreign: your column names, e.g. id=qid,label=gold,probs=p_a|p_b|p_c "
+        "(fields: id, label, subject, n_options, probs, logits, confidence, correct)",
+    )
+    p.add_argument("--model", default=None, help="with --foreign: the model name to record")
+    p.add_argument("--task", default=None, help="with --foreign: the task name to record")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("fit", help="fit a calibrator on Scores → calibrator (.json)")

@@ -200,7 +200,12 @@ class CrossFitted(Calibrator, wrapper=True):
         }
         meta.pop("topk", None)
         self.oof_ = Scores(
-            ids=scores.ids, logits=oof, labels=y, meta=meta, subjects=scores.subjects
+            ids=scores.ids,
+            logits=oof,
+            labels=y,
+            meta=meta,
+            subjects=scores.subjects,
+            n_options=scores.n_options,
         )
         return self
 

@@ -311,6 +311,7 @@ def read_lm_eval_samples(
             labels=np.array(labels, dtype=np.int64),
             meta=meta,
             subjects=subjects,
+            n_options=np.array([len(r) for r in rows], dtype=np.int64),
         )
     except Exception as exc:  # a ScoresError names the row; say which file it came from
         raise DataError(f"{path}: {exc}") from exc

@@ -204,6 +204,7 @@ def read_openai_responses(
             labels=np.array(labels, dtype=np.int64),
             meta=meta,
             subjects=np.array(subjects, dtype=object) if any(subjects) else None,
+            n_options=np.array([len(r) for r in rows], dtype=np.int64),
         )
     except LLMCalError as exc:
         raise DataError(f"{path}: {exc}") from exc
