@@ -269,6 +269,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from llmcal.scores import Scores
 
     out = _out_path(args.out, [".json"], "--out")
+    if args.kind == "daca" and (args.cross_fit or args.oof):
+        raise ConfigError("--cross-fit / --oof are for supervised calibrators, not daca")
+    if args.oof and not args.cross_fit:
+        raise ConfigError("--oof needs --cross-fit K (out-of-fold Scores come from k-fold fits)")
     if args.kind == "daca":
         if args.scores or not (args.target and args.reference):
             raise ConfigError(
@@ -283,12 +287,44 @@ def cmd_fit(args: argparse.Namespace) -> int:
                 "RUN.parquet --out cal.json (--target/--reference are for daca)"
             )
         options = {"n_bins": args.bins} if args.kind == "histogram" else {}
+        if args.cross_fit:
+            return _fit_cross(args, CALIBRATORS[args.kind](**options), out)
         cal = CALIBRATORS[args.kind](**options).fit(Scores.load(args.scores))
     cal.save(out)
     params = cal.get_fitted_params()
     shown = {k: v for k, v in params.items() if not isinstance(v, list) or len(v) <= 8}
     info = cal.fit_info_ or {}
     _print(f"fitted {args.kind} on {info.get('n_used', info.get('n'))} questions: {shown}")
+    _print(f"wrote {out}")
+    return 0
+
+
+def _fit_cross(args: argparse.Namespace, base: Any, out: Path) -> int:
+    """``llmcal fit KIND RUN --cross-fit K``: k-fold fits, out-of-fold calibrated Scores."""
+    from llmcal.calibrate import CrossFitted
+    from llmcal.scores import Scores
+
+    oof_out = _out_path(args.oof, [".parquet"], "--oof") if args.oof else None
+    scores = Scores.load(args.scores)
+    cal = CrossFitted(base, n_splits=args.cross_fit, ensemble=not args.no_ensemble, seed=args.seed)
+    oof = cal.fit_transform(scores)
+    cal.save(out)
+    info = cal.fit_info_ or {}
+    folds = [
+        {k: v for k, v in f.items() if k != "n_held_out" and not isinstance(v, list)}
+        for f in info.get("folds", [])
+    ]
+    shown = f"; fold parameters {folds}" if all(folds) else ""
+    _print(
+        f"cross-fitted {args.kind} in {args.cross_fit} folds on {len(scores)} questions "
+        f"({'ensemble of the fold calibrators' if cal.ensemble else 'one refit on all'} for new "
+        f"data): out-of-fold accuracy {info['oof_accuracy']:.4f}, NLL {info['oof_nll']:.4f}, "
+        f"mean confidence {scores.confidences().mean():.4f} → {oof.confidences().mean():.4f}"
+        f"{shown}"
+    )
+    if oof_out is not None:
+        oof.save(oof_out)
+        _print(f"wrote {oof_out} (out-of-fold calibrated Scores: evaluate these)")
     _print(f"wrote {out}")
     return 0
 
@@ -634,6 +670,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="daca: require the same questions, or use the common ones",
     )
     p.add_argument("--bins", type=_positive_int, default=15, help="histogram: number of bins")
+    p.add_argument(
+        "--cross-fit",
+        type=_positive_int,
+        default=None,
+        metavar="K",
+        help="k-fold cross-fitting (no separate cal split): K fold calibrators",
+    )
+    p.add_argument(
+        "--oof", default=None, help="with --cross-fit: write the out-of-fold calibrated Scores"
+    )
+    p.add_argument(
+        "--no-ensemble",
+        action="store_true",
+        help="with --cross-fit: new data get one calibrator refit on all rows, not the average",
+    )
+    p.add_argument("--seed", type=int, default=0, help="with --cross-fit: seed of the folds")
     p.add_argument("--out", required=True, help="output calibrator file (.json)")
     p.set_defaults(func=cmd_fit)
 

@@ -257,3 +257,26 @@ def test_cross_fitting_errors() -> None:
         CrossFitted("nope")
     with pytest.raises(CalibrationError, match="not fitted"):
         CrossFitted().predict_proba(Z4)
+
+
+def test_cli_fit_cross_fit_writes_the_artefact_and_out_of_fold_scores(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llmcal.cli import main
+
+    run = tmp_path / "run.parquet"
+    _scores(Z4, Y4).save(run)
+    cal, oof = tmp_path / "cf.json", tmp_path / "oof.parquet"
+    args = ["fit", "temperature", str(run), "--cross-fit", "4", "--seed", "2"]
+    assert main([*args, "--oof", str(oof), "--out", str(cal)]) == 0
+    text = capsys.readouterr().out
+    assert "cross-fitted temperature in 4 folds on 400 questions" in text
+    loaded = load_calibrator(cal)
+    assert isinstance(loaded, CrossFitted) and loaded.get_params()["n_splits"] == 4
+    ref = CrossFitted(TemperatureScaling(), n_splits=4, seed=2).fit_transform(_scores(Z4, Y4))
+    np.testing.assert_array_equal(Scores.load(oof).logits, ref.logits)
+    assert main(["apply", str(cal), str(run), "--out", str(tmp_path / "a.parquet")]) == 0
+    bad = ["fit", "daca", "--target", str(run), "--reference", str(run), "--cross-fit", "3"]
+    assert main([*bad, "--out", str(tmp_path / "d.json")]) == 2
+    assert "--cross-fit / --oof are for supervised calibrators" in capsys.readouterr().err
+    assert not (tmp_path / "d.json").exists()
