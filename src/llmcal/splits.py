@@ -4,8 +4,9 @@ Score a task once, then split the Scores into e.g. a calibration and a test part
 is fitted on one and measured on the other. Without stratification the split is the one
 :meth:`llmcal.tasks.Task.split` makes of the same questions in the same order (same seed, same
 fractions: floor sizes, the remainder to the last split). Stratified by subject (the default when
-the Scores have subjects) or by label, each stratum is shuffled and cut on its own with sizes
-rounded by largest remainder, so every split gets each subject in about the right proportion.
+the Scores have subjects) or by label, each stratum is shuffled and cut on its own: its share of
+each split is rounded down or up, so that the split sizes are those of the whole set (rounded by
+largest remainder) and every split gets each subject in the right proportion, to within one.
 """
 
 from __future__ import annotations
@@ -74,7 +75,31 @@ def _largest_remainder(n: int, fractions: list[float]) -> list[int]:
     counts = np.floor(exact).astype(int)
     order = np.argsort(-(exact - counts), kind="stable")
     counts[order[: n - int(counts.sum())]] += 1
-    return counts.tolist()
+    return [int(c) for c in counts]
+
+
+def _stratified_counts(sizes: list[int], fractions: list[float]) -> npt.NDArray[np.int64]:
+    """Rows per (stratum, split): each stratum's share rounded down or up, the split totals
+    those of the whole set (largest remainder), so many small strata do not skew the sizes."""
+    f = np.asarray(fractions)
+    exact = np.asarray(sizes, dtype=np.float64)[:, None] * f[None, :]
+    counts = np.floor(exact).astype(np.int64)
+    left_s = np.asarray(sizes) - counts.sum(axis=1)  # rows of each stratum still to place
+    left_j = np.asarray(_largest_remainder(int(sum(sizes)), fractions)) - counts.sum(axis=0)
+    frac = exact - counts
+    for flat in np.argsort(-frac, axis=None, kind="stable"):
+        s, j = divmod(int(flat), len(fractions))
+        if left_s[s] > 0 and left_j[j] > 0 and frac[s, j] > 0:
+            counts[s, j] += 1
+            left_s[s] -= 1
+            left_j[j] -= 1
+    for s in np.flatnonzero(left_s > 0):  # what rounding could not place: any split with room
+        for j in np.flatnonzero(left_j > 0):
+            take = min(int(left_s[s]), int(left_j[j]))
+            counts[s, j] += take
+            left_s[s] -= take
+            left_j[j] -= take
+    return counts
 
 
 def split_indices(
@@ -97,14 +122,14 @@ def split_indices(
             start = stop
     else:
         keys = np.asarray(strata, dtype=object).astype(str)
-        for key in sorted(set(keys.tolist())):
-            rows = np.flatnonzero(keys == key)
+        groups = [np.flatnonzero(keys == key) for key in sorted(set(keys.tolist()))]
+        counts = _stratified_counts([len(g) for g in groups], [fractions[m] for m in names])
+        for rows, row_counts in zip(groups, counts, strict=True):
             rows = rows[rng.permutation(len(rows))]
-            counts = _largest_remainder(len(rows), [fractions[m] for m in names])
             start = 0
-            for name, c in zip(names, counts, strict=True):
-                parts[name].append(rows[start : start + c])
-                start += c
+            for name, c in zip(names, row_counts, strict=True):
+                parts[name].append(rows[start : start + int(c)])
+                start += int(c)
     return {
         name: np.sort(np.concatenate(p)).astype(np.int64) if p else np.zeros(0, np.int64)
         for name, p in parts.items()

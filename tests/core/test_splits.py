@@ -152,3 +152,18 @@ def test_save_splits_writes_none_when_one_fails(tmp_path: Path) -> None:
         save_splits(parts, tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["test.parquet"]
     assert (tmp_path / "out" / "test.parquet").is_dir()  # untouched, and no cal.parquet written
+
+
+def test_many_small_subjects_do_not_skew_the_split_sizes() -> None:
+    rng = np.random.default_rng(4)
+    n = 300
+    subjects = np.array([f"s{int(i)}" for i in rng.integers(0, 53, n)], dtype=object)
+    s = make(n=n, subjects=False).replace(subjects=subjects)
+    parts = split_scores(s, {"cal": 0.3, "test": 0.7}, seed=0)
+    assert [len(p) for p in parts.values()] == [90, 210]  # not 30 % per subject rounded up
+    for subj in set(subjects.tolist()):
+        n_s = int((subjects == subj).sum())
+        got = int((parts["cal"].subjects == subj).sum())
+        assert np.floor(0.3 * n_s) <= got <= np.ceil(0.3 * n_s), subj
+    three = split_scores(s, {"a": 0.5, "b": 0.25, "c": 0.25}, seed=1)
+    assert [len(p) for p in three.values()] == [150, 75, 75]
