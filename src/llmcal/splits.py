@@ -93,8 +93,9 @@ def _stratified_counts(sizes: list[int], fractions: list[float]) -> npt.NDArray[
             counts[s, j] += 1
             left_s[s] -= 1
             left_j[j] -= 1
-    for s in np.flatnonzero(left_s > 0):  # what rounding could not place: any split with room
-        for j in np.flatnonzero(left_j > 0):
+    for s_ in np.flatnonzero(left_s > 0):  # what rounding could not place: any split with room
+        for j_ in np.flatnonzero(left_j > 0):
+            s, j = int(s_), int(j_)
             take = min(int(left_s[s]), int(left_j[j]))
             counts[s, j] += take
             left_s[s] -= take
