@@ -159,12 +159,7 @@ def as_scores(x: Any, labels: Any = None, who: str = "fit") -> Scores:
         if raw.size and not np.all(np.mod(raw.astype(np.float64), 1.0) == 0.0):
             raise CalibrationError(f"{who}: labels must be integer option indices")
         y = raw.astype(np.int64)
-    return Scores(
-        ids=np.array([str(i) for i in range(n)], dtype=object),
-        logits=z,
-        labels=y,
-        meta={"logit_kind": "logits", "source": "array"},
-    )
+    return Scores.from_logits(z, y, meta={"logit_kind": "logits", "source": "array"})
 
 
 def _reject_constant(name: str) -> float:
