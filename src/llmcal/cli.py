@@ -239,11 +239,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Print calibration metrics of a Scores file; optionally write JSON and a diagram."""
     from llmcal.metrics import evaluate
     from llmcal.report.tables import render, summary_table
-    from llmcal.scores import Scores
 
     json_out = _out_path(args.json, [".json"], "--json") if args.json else None
     plot_out = _out_path(args.plot, [".png"], "--plot") if args.plot else None
-    scores = Scores.load(args.scores)
+    scores = _load_scores_or_table(args)
     result = evaluate(
         scores,
         n_bins=args.bins,
@@ -318,12 +317,46 @@ def _warn_eval(scores: Any, result: dict[str, Any]) -> None:
         )
 
 
+def _load_scores_or_table(args: argparse.Namespace) -> Any:
+    """A Scores file, or with --foreign / --columns a plain table of probabilities or logits."""
+    from llmcal.errors import ScoresError
+    from llmcal.scores import Scores
+
+    if not (args.foreign or args.columns):
+        if Path(args.scores).suffix.lower() in (".csv", ".tsv"):
+            raise ConfigError(
+                f"{args.scores} is a table, not a Scores file; pass --foreign to read its "
+                "probabilities as they are (and --columns to name its columns)"
+            )
+        try:
+            return Scores.load(args.scores)
+        except ScoresError as exc:
+            if "no llmcal metadata" not in str(exc):
+                raise
+            raise ScoresError(f"{exc}; or pass --foreign to read it as a plain table") from None
+    from llmcal.interop.table import read_foreign_table
+
+    given = {k: v for k, v in (("model", args.model), ("task", args.task)) if v}
+    scores, unknown = read_foreign_table(args.scores, args.columns, given)
+    if unknown:
+        print(
+            f"llmcal: warning: {args.scores} has no llmcal metadata: {', '.join(unknown)} "
+            "unknown (give --model / --task to record them); the scores are taken as they are",
+            file=sys.stderr,
+        )
+    return scores
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit a calibrator on Scores and save it as a JSON artefact."""
     from llmcal.calibrate import CALIBRATORS
     from llmcal.scores import Scores
 
     out = _out_path(args.out, [".json"], "--out")
+    if args.kind == "daca" and (args.cross_fit or args.oof):
+        raise ConfigError("--cross-fit / --oof are for supervised calibrators, not daca")
+    if args.oof and not args.cross_fit:
+        raise ConfigError("--oof needs --cross-fit K (out-of-fold Scores come from k-fold fits)")
     if args.kind in ("daca", "daca-subject"):
         if args.scores or not (args.target and args.reference):
             raise ConfigError(
@@ -339,6 +372,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
                 "RUN.parquet --out cal.json (--target/--reference are for daca)"
             )
         options = {"n_bins": args.bins} if args.kind == "histogram" else {}
+        if args.cross_fit:
+            return _fit_cross(args, CALIBRATORS[args.kind](**options), out)
         fit_on = Scores.load(args.scores)
         cal = CALIBRATORS[args.kind](**options).fit(fit_on)
     cal.save(out)
@@ -346,7 +381,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         _print(line)
     info = cal.fit_info_ or {}
     if cal.kind == "daca-subject":
-        params = cal.get_params()
+        params = cal.get_fitted_params()
         taus = sorted(params["temperatures"].values())
         _print(
             f"{info['n_subjects']} subjects, τ from {taus[0]:.4g} to {taus[-1]:.4g}; "
@@ -427,6 +462,36 @@ def _daca_calibrator(args: argparse.Namespace) -> Any:
     )
 
 
+def _fit_cross(args: argparse.Namespace, base: Any, out: Path) -> int:
+    """``llmcal fit KIND RUN --cross-fit K``: k-fold fits, out-of-fold calibrated Scores."""
+    from llmcal.calibrate import CrossFitted
+    from llmcal.scores import Scores
+
+    oof_out = _out_path(args.oof, [".parquet"], "--oof") if args.oof else None
+    scores = Scores.load(args.scores)
+    cal = CrossFitted(base, n_splits=args.cross_fit, ensemble=not args.no_ensemble, seed=args.seed)
+    oof = cal.fit_transform(scores)
+    cal.save(out)
+    info = cal.fit_info_ or {}
+    folds = [
+        {k: v for k, v in f.items() if k != "n_held_out" and not isinstance(v, list)}
+        for f in info.get("folds", [])
+    ]
+    shown = f"; fold parameters {folds}" if all(folds) else ""
+    _print(
+        f"cross-fitted {args.kind} in {args.cross_fit} folds on {len(scores)} questions "
+        f"({'ensemble of the fold calibrators' if cal.ensemble else 'one refit on all'} for new "
+        f"data): out-of-fold accuracy {info['oof_accuracy']:.4f}, NLL {info['oof_nll']:.4f}, "
+        f"mean confidence {scores.confidences().mean():.4f} → {oof.confidences().mean():.4f}"
+        f"{shown}"
+    )
+    if oof_out is not None:
+        oof.save(oof_out)
+        _print(f"wrote {oof_out} (out-of-fold calibrated Scores: evaluate these)")
+    _print(f"wrote {out}")
+    return 0
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
     """Apply a saved calibrator to Scores and save the calibrated Scores."""
     from llmcal.calibrate import load_calibrator
@@ -448,6 +513,69 @@ def cmd_apply(args: argparse.Namespace) -> int:
         )
     _print(line)
     _print(f"wrote {out}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Turn scores computed elsewhere (lm-eval samples, saved API responses) into Scores."""
+    out = _out_path(args.out, [".parquet"], "--out")
+    if args.source == "lm-eval":
+        from llmcal.interop.lm_eval import read_lm_eval_samples
+
+        scores = read_lm_eval_samples(
+            args.samples,
+            results=args.results,
+            task=args.task_name,
+            id_field=args.id_field,
+            normalization=args.normalization,
+            filter_name=args.filter,
+        )
+        found = scores.meta["lm_eval"]["results_file"]
+        extra = f"lm-eval {scores.meta['lm_eval']['version'] or '?'}, " if found else ""
+        origin = f"{extra}results file {found or 'not found (no model / version recorded)'}"
+    else:
+        from llmcal.interop.openai import read_openai_responses
+
+        task = _load_task(args) if args.task else None
+        scores = read_openai_responses(args.responses, task=task, model=args.model)
+        blind = scores.meta["n_no_option_in_topk"]
+        origin = f"{scores.meta['api']} responses, top-{scores.meta['topk']['k']} log-probs"
+        if blind:
+            origin += f"; {blind} rows have no option in the top-k (chance level)"
+    scores.save(out)
+    line = (
+        f"imported {len(scores)} questions ({origin}): model {scores.meta.get('model') or '?'}, "
+        f"task {scores.meta.get('task') or '?'}"
+    )
+    if scores.has_labels:
+        line += (
+            f"; accuracy {scores.correct().mean():.4f}, mean confidence "
+            f"{scores.confidences().mean():.4f}"
+        )
+    _print(line)
+    _print(f"wrote {out}")
+    return 0
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    """Split a Scores file into seeded (stratified) parts, e.g. cal and test."""
+    from llmcal.scores import Scores
+    from llmcal.splits import parse_fractions, save_splits, split_scores
+
+    fractions = parse_fractions(args.fractions)
+    scores = Scores.load(args.scores)
+    parts = split_scores(scores, fractions, seed=args.seed, stratify=args.stratify)
+    how = next(iter(parts.values())).meta["split"]["stratify"]
+    strata = ""
+    if how == "subject" and scores.subjects is not None:
+        strata = f" ({len(set(scores.subjects.tolist()))} subjects)"
+    sizes = ", ".join(f"{name} {len(part)}" for name, part in parts.items())
+    paths = save_splits(parts, args.out_dir)
+    _print(
+        f"split {len(scores)} questions with seed {args.seed}, stratified by {how}{strata}: {sizes}"
+    )
+    for path in paths:
+        _print(f"wrote {path}")
     return 0
 
 
@@ -739,6 +867,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--plot", default=None, metavar="FILE", help="write a reliability diagram to this .png file"
     )
+    g = add_group(p, "foreign table")
+    g.add_argument(
+        "--foreign",
+        action="store_true",
+        help="read a CSV / Parquet table of probabilities or logits not written by llmcal",
+    )
+    g.add_argument(
+        "--columns",
+        default=None,
+        metavar="MAP",
+        help="with --foreign: your column names, e.g. id=qid,label=gold,probs=p_a|p_b|p_c "
+        "(fields: id, label, subject, n_options, probs, logits, confidence, correct)",
+    )
+    g.add_argument("--model", default=None, help="with --foreign: the model name to record")
+    g.add_argument("--task", default=None, help="with --foreign: the task name to record")
     p.set_defaults(func=cmd_eval)
 
     p = _command(
@@ -796,6 +939,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="daca --per-subject: τ for subjects not in the fit (pooled DACA τ, 1, or fail)",
     )
     g.add_argument("--bins", type=_positive_int, default=15, help="histogram: number of bins")
+    g = add_group(p, "cross-fitting")
+    g.add_argument(
+        "--cross-fit",
+        type=_positive_int,
+        default=None,
+        metavar="K",
+        help="k-fold cross-fitting (no separate cal split): K fold calibrators",
+    )
+    g.add_argument(
+        "--oof",
+        default=None,
+        metavar="FILE",
+        help="with --cross-fit: write the out-of-fold calibrated Scores",
+    )
+    g.add_argument(
+        "--no-ensemble",
+        action="store_true",
+        help="with --cross-fit: new data get one calibrator refit on all rows, not the average",
+    )
+    g.add_argument("--seed", type=int, default=0, help="with --cross-fit: seed of the folds")
     g = add_group(p, "output")
     g.add_argument("--out", required=True, metavar="FILE", help="output calibrator file (.json)")
     p.set_defaults(func=cmd_fit)
@@ -812,6 +975,80 @@ def build_parser() -> argparse.ArgumentParser:
     g = add_group(p, "output")
     g.add_argument("--out", required=True, metavar="FILE", help="output Scores file (.parquet)")
     p.set_defaults(func=cmd_apply)
+
+    p = _command(
+        sub,
+        "import",
+        help="bring your own outputs: lm-eval samples or saved API responses → Scores",
+        description="Import scores computed elsewhere, without re-scoring: lm-evaluation-"
+        "harness --log_samples files of multiple-choice tasks, or saved OpenAI-compatible "
+        "responses with top log-probs.",
+    )
+    kinds = p.add_subparsers(
+        dest="source", required=True, metavar="SOURCE", help="where the outputs come from"
+    )
+    q = kinds.add_parser("lm-eval", help="lm-eval samples_<task>_<date>.jsonl → Scores")
+    q.add_argument("samples", help="samples_<task>_<date>.jsonl written by lm-eval --log_samples")
+    q.add_argument(
+        "--results",
+        default=None,
+        help="the aggregated results_<date>.json (default: found beside the samples file)",
+    )
+    q.add_argument("--task-name", default=None, help="task name (default: from the file name)")
+    q.add_argument(
+        "--id-field",
+        default="auto",
+        help="doc field used as question id; auto = doc.id if distinct, else doc_id",
+    )
+    q.add_argument(
+        "--normalization",
+        choices=["sum", "acc_norm"],
+        default="sum",
+        help="sum = summed log-likelihood (lm-eval acc); acc_norm = per character (acc_norm)",
+    )
+    q.add_argument("--filter", default=None, help="lm-eval filter to read when there are several")
+    q.add_argument("--out", required=True, help="output Scores file (.parquet)")
+    q.set_defaults(func=cmd_import)
+    q = kinds.add_parser(
+        "openai",
+        help="saved chat/completions responses with top log-probs (JSONL) → Scores",
+        description='One JSON object per line: {"id": ..., "response": {raw response body}, '
+        '"n_options": 4, "label": 2} (label / n_options may come from --task instead); OpenAI '
+        "Batch API output lines are read as they are.",
+    )
+    q.add_argument("responses", help="JSONL file of saved responses")
+    q.add_argument(
+        "--task", default=None, help="task whose questions (by id) give labels and option counts"
+    )
+    q.add_argument("--data-dir", default=None, help="folder of canonical JSONL files")
+    q.add_argument("--columns", default=None, help="column mapping for CSV/Parquet task files")
+    q.add_argument("--split", default=None, help="dataset split for hub datasets")
+    q.add_argument("--subject", action="append", default=None, help="keep only this subject")
+    q.add_argument("--model", default=None, help="model name to record (default: from responses)")
+    q.add_argument("--out", required=True, help="output Scores file (.parquet)")
+    q.set_defaults(func=cmd_import)
+
+    p = _command(
+        sub,
+        "split",
+        help="seeded (stratified) split of a Scores file → DIR/NAME.parquet per split",
+        description="Split the questions of a Scores file into disjoint parts, e.g. "
+        "--fractions cal=0.3,test=0.7: fit a calibrator on one, measure it on the other. "
+        "Stratified by subject when the Scores have subjects; all files or none are written.",
+    )
+    p.add_argument("scores", help="Scores file (.parquet)")
+    p.add_argument(
+        "--fractions", required=True, help="NAME=FRACTION pairs summing to 1, e.g. cal=0.3,test=0.7"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffle")
+    p.add_argument(
+        "--stratify",
+        choices=["auto", "subject", "label", "none"],
+        default="auto",
+        help="keep each subject's (or label's) share in every split; auto = subject if present",
+    )
+    p.add_argument("--out-dir", required=True, help="folder for NAME.parquet files")
+    p.set_defaults(func=cmd_split)
 
     p = _command(
         sub,

@@ -103,7 +103,7 @@ def test_isotonic_matches_sklearn(miscalibrated: tuple[Scores, Scores]) -> None:
     ref = IsotonicRegression(out_of_bounds="clip").fit(conf, correct.astype(float))
     conf_t, _ = top_conf_and_correct(test_set)
     np.testing.assert_allclose(iso.calibrated_confidence(test_set), ref.predict(conf_t), atol=1e-12)
-    assert len(iso.get_params()["x"]) < len(np.unique(conf))  # stored compactly
+    assert len(iso.get_fitted_params()["x"]) < len(np.unique(conf))  # stored compactly
 
 
 def test_rescale_raises_confidence_that_would_flip_the_argmax() -> None:

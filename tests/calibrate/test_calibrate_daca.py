@@ -96,7 +96,7 @@ def test_temperature_recovers_any_scale(c: float, n: int, k: int, scale: float, 
 def test_vector_and_matrix_recover_scale(ref_logits: np.ndarray, c: float) -> None:
     target, reference = make_scores(c * ref_logits), make_scores(ref_logits)
     vs = DACA(scaler="vector").fit(target, reference)
-    params = vs.get_params()
+    params = vs.get_fitted_params()
     np.testing.assert_allclose(params["w"], 1.0 / c, atol=1e-6)
     np.testing.assert_allclose(params["b"], 0.0, atol=1e-6)
     ms = DACA(scaler="matrix").fit(target, reference)
@@ -108,7 +108,7 @@ def test_vector_and_matrix_recover_scale(ref_logits: np.ndarray, c: float) -> No
         want - want.mean(axis=1, keepdims=True),
         atol=1e-6,
     )
-    np.testing.assert_allclose(ms.get_params()["b"], 0.0, atol=1e-6)
+    np.testing.assert_allclose(ms.get_fitted_params()["b"], 0.0, atol=1e-6)
 
 
 def test_disagreements_are_ignored_and_naive_alignment_overshoots(
@@ -124,7 +124,7 @@ def test_disagreements_are_ignored_and_naive_alignment_overshoots(
     assert naive.temperature > daca.temperature + 0.1
     # the vector scaler is not fooled either
     vs = DACA(scaler="vector").fit(target, reference)
-    np.testing.assert_allclose(vs.get_params()["w"], 1.0 / c, atol=1e-6)
+    np.testing.assert_allclose(vs.get_fitted_params()["w"], 1.0 / c, atol=1e-6)
 
 
 def test_disagreement_only_fit_diverges_with_flag(mixed: tuple[Scores, Scores, float]) -> None:
@@ -153,7 +153,9 @@ def test_mask_does_not_depend_on_temperature(mixed: tuple[Scores, Scores, float]
 def test_model_paired_with_itself(ref_logits: np.ndarray) -> None:
     s = make_scores(ref_logits)
     assert DACA().fit(s, s).temperature == pytest.approx(1.0, abs=1e-12)
-    np.testing.assert_allclose(DACA(scaler="vector").fit(s, s).get_params()["w"], 1.0, atol=1e-7)
+    np.testing.assert_allclose(
+        DACA(scaler="vector").fit(s, s).get_fitted_params()["w"], 1.0, atol=1e-7
+    )
 
 
 def test_labels_are_never_used(ref_logits: np.ndarray) -> None:

@@ -69,14 +69,14 @@ def test_one_temperature_per_subject_and_the_fallback(pair: tuple[Scores, Scores
     target, reference = pair
     with pytest.warns(CalibrationWarning, match="1 of 4 subjects"):
         cal = SubjectDACA().fit(target=target, reference=reference)
-    temps = cal.get_params()["temperatures"]
+    temps = cal.get_fitted_params()["temperatures"]
     for s, c in SCALES.items():
         assert temps[s] == pytest.approx(c, rel=1e-6)  # z_g = c·z_f ⇒ τ = c (daca.md §6)
     assert temps["dead"] == 1.0
     info = cal.fit_info_
     assert info is not None and info["n_fallback"] == 1 and info["n_subjects"] == 4
     assert info["subjects"]["dead"]["fallback"] and info["subjects"]["dead"]["n_agree"] == 0
-    assert cal.get_params()["fallback_subjects"] == ["dead"]
+    assert cal.get_fitted_params()["fallback_subjects"] == ["dead"]
     with pytest.raises(CalibrationError, match="nothing to fit on"):
         SubjectDACA(no_agreement="error").fit(target=target, reference=reference)
 
@@ -90,12 +90,12 @@ def test_transform_applies_each_subjects_tau(pair: tuple[Scores, Scores]) -> Non
     out = cal.transform(target)
     assert target.subjects is not None
     for i in (0, 45, 90, 125):
-        tau = cal.get_params()["temperatures"][str(target.subjects[i])]
+        tau = cal.get_fitted_params()["temperatures"][str(target.subjects[i])]
         np.testing.assert_array_equal(out.logits[i], target.logits[i] / tau)
     assert (out.predictions() == target.predictions()).all()
     # unseen subjects: the pooled DACA τ, 1, or an error
     new = _scores(target.logits[:3], ["astronomy"] * 3)
-    assert cal.get_params()["unseen_temperature"] == pytest.approx(pooled.temperature)
+    assert cal.get_fitted_params()["unseen_temperature"] == pytest.approx(pooled.temperature)
     np.testing.assert_allclose(cal.transform(new).logits, new.logits / pooled.temperature)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)

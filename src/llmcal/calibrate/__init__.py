@@ -3,6 +3,8 @@
 Supervised: :class:`TemperatureScaling`, :class:`VectorScaling`, :class:`MatrixScaling`,
 :class:`HistogramBinning`, :class:`IsotonicCalibration`, :class:`PlattScaling`. Label-free:
 :class:`DACA` (a post-trained model calibrated against its pre-trained counterpart).
+:class:`CrossFitted` wraps a supervised one for k-fold out-of-fold calibration. Every calibrator
+also takes plain arrays: ``fit(logits, labels)``, ``predict_proba(logits)``.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from llmcal.calibrate.base import (
     FORMAT_VERSION,
     CalibrationWarning,
     Calibrator,
+    as_scores,
     load_calibrator,
 )
 from llmcal.calibrate.binning import HistogramBinning, IsotonicCalibration, PlattScaling
+from llmcal.calibrate.crossfit import CrossFitted, stratified_folds
 from llmcal.calibrate.daca import (
     DACA,
     SubjectDACA,
@@ -33,6 +37,7 @@ __all__ = [
     "FORMAT_VERSION",
     "CalibrationWarning",
     "Calibrator",
+    "CrossFitted",
     "HistogramBinning",
     "IsotonicCalibration",
     "MatrixScaling",
@@ -41,8 +46,10 @@ __all__ = [
     "TemperatureScaling",
     "VectorScaling",
     "agreement_mask",
+    "as_scores",
     "load_calibrator",
     "mean_std",
     "reference_distribution",
+    "stratified_folds",
     "template_protocol",
 ]

@@ -8,6 +8,12 @@ A fitted calibrator is saved as a small JSON file (never pickle)::
 ``config`` holds the constructor options, ``params`` the fitted parameters and ``fit`` what it
 was fitted on and how. Floats are written with ``repr``, so a loaded calibrator transforms
 bit-identically to the one that was saved.
+
+Names follow scikit-learn: ``get_params()`` / ``set_params()`` are the constructor options (the
+artefact's ``config``), fitted values end in ``_`` (``temperature_``) and
+``get_fitted_params()`` returns them as JSON types (the artefact's ``params``). Besides Scores,
+``fit`` / ``predict_proba`` / ``predict`` take plain arrays: ``fit(logits, labels)`` with an
+n × K logit array (or a 1-D array of binary logits ``z`` meaning P(option 1) = σ(z)).
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ FORMAT_VERSION = 1
 
 #: kind → Calibrator subclass; filled in as subclasses are defined.
 CALIBRATORS: dict[str, type[Calibrator]] = {}
+#: Calibrators that wrap another one (e.g. cross-fitting): loadable, but not a ``llmcal fit`` kind.
+WRAPPERS: dict[str, type[Calibrator]] = {}
 
 #: Scores meta keys copied into an artefact's ``fit`` record.
 _PROVENANCE = ("task", "model", "template", "mode", "backend", "logit_kind")
@@ -118,6 +126,42 @@ def float_array(
     return arr
 
 
+def as_scores(x: Any, labels: Any = None, who: str = "fit") -> Scores:
+    """``x`` if it is Scores, else Scores built from an array of logits (and optional labels).
+
+    A 2-D array is n × K option logits (``-inf`` pads short rows on the right); a 1-D array is
+    binary logits ``z`` with P(option 1) = σ(z), stored as the rows ``[0, z]``. ``labels`` are
+    option indices (−1 = unknown); ids are ``"0" … "n-1"``.
+    """
+    if isinstance(x, Scores):
+        if labels is not None:
+            raise CalibrationError(
+                f"{who}: labels are read from the Scores; pass labels only with an array of logits"
+            )
+        return x
+    try:
+        z = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise CalibrationError(f"{who}: logits must be a numeric array ({exc})") from exc
+    if z.ndim == 1:
+        z = np.stack([np.zeros_like(z), z], axis=1)
+    if z.ndim != 2:
+        raise CalibrationError(
+            f"{who}: logits must be an n × K array (or 1-D binary logits), got shape {z.shape}"
+        )
+    n = z.shape[0]
+    if labels is None:
+        y = np.full(n, -1, dtype=np.int64)
+    else:
+        raw = np.asarray(labels)
+        if raw.shape != (n,):
+            raise CalibrationError(f"{who}: labels must have shape ({n},), got {raw.shape}")
+        if raw.size and not np.all(np.mod(raw.astype(np.float64), 1.0) == 0.0):
+            raise CalibrationError(f"{who}: labels must be integer option indices")
+        y = raw.astype(np.int64)
+    return Scores.from_logits(z, y, meta={"logit_kind": "logits", "source": "array"})
+
+
 def _reject_constant(name: str) -> float:
     raise ValueError(f"non-standard JSON constant {name}")
 
@@ -127,13 +171,14 @@ class Calibrator(ABC):
 
     kind: ClassVar[str]
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, wrapper: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         kind = cls.__dict__.get("kind")
         if kind is not None:
-            if kind in CALIBRATORS and CALIBRATORS[kind] is not cls:
+            registry = WRAPPERS if wrapper else CALIBRATORS
+            if kind in {**CALIBRATORS, **WRAPPERS} and registry.get(kind) is not cls:
                 raise TypeError(f"calibrator kind {kind!r} is already registered")
-            CALIBRATORS[kind] = cls
+            registry[kind] = cls
 
     def __init__(self) -> None:
         self.fit_info_: dict[str, Any] | None = None
@@ -148,8 +193,8 @@ class Calibrator(ABC):
         """The constructor options (JSON types); ``type(self)(**config)`` rebuilds it unfitted."""
 
     @abstractmethod
-    def get_params(self) -> dict[str, Any]:
-        """The fitted parameters as JSON types."""
+    def get_fitted_params(self) -> dict[str, Any]:
+        """The fitted parameters as JSON types (the artefact's ``params``)."""
 
     @abstractmethod
     def _set_params(self, params: dict[str, Any], source: str) -> None:
@@ -163,6 +208,35 @@ class Calibrator(ABC):
     output_logit_kind: ClassVar[str] = "logits"
 
     # -- public API --------------------------------------------------------------------------
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor options, as scikit-learn's ``get_params`` (same as :meth:`get_config`)."""
+        return self.get_config()
+
+    def set_params(self, **params: Any) -> Self:
+        """Change constructor options (validated as by the constructor); returns ``self``."""
+        config = self.get_config()
+        unknown = sorted(set(params) - set(config))
+        if unknown:
+            raise CalibrationError(
+                f"{type(self).__name__} has no option(s) {unknown}; its options are {sorted(config)}"
+            )
+        fresh = type(self)(**{**config, **params})
+        for name in params:
+            setattr(self, name, getattr(fresh, name))
+        return self
+
+    def clone(self) -> Self:
+        """An unfitted copy with the same constructor options."""
+        return type(self)(**self.get_config())
+
+    def predict_proba(self, x: Any) -> npt.NDArray[np.float64]:
+        """Calibrated probabilities (n × K) of Scores or an array of logits."""
+        return self.transform(as_scores(x, who=f"{type(self).__name__}.predict_proba")).probs()
+
+    def predict(self, x: Any) -> npt.NDArray[np.int64]:
+        """The predicted option per row after calibration (argmax of :meth:`predict_proba`)."""
+        return np.asarray(np.argmax(self.predict_proba(x), axis=1), dtype=np.int64)
+
     @property
     def is_fitted(self) -> bool:
         """True once fitted or loaded."""
@@ -175,13 +249,14 @@ class Calibrator(ABC):
                 "one with llmcal.calibrate.load_calibrator(path)"
             )
 
-    def transform(self, scores: Scores) -> Scores:
-        """Calibrated Scores: new logits, meta records what was applied."""
+    def transform(self, scores: Scores | npt.ArrayLike) -> Scores:
+        """Calibrated Scores (of Scores or an array of logits): new logits, meta records what was applied."""
         self._check_fitted()
+        scores = as_scores(scores, who=f"{type(self).__name__}.transform")
         logits, extra = self._transform_logits(scores)
         meta = dict(scores.meta)
         entry: dict[str, Any] = {"kind": self.kind, "config": self.get_config()}
-        params = self.get_params()
+        params = self.get_fitted_params()
         if len(json.dumps(params)) <= _MAX_INLINE_PARAMS:
             entry["params"] = params
         assert self.fit_info_ is not None
@@ -201,7 +276,7 @@ class Calibrator(ABC):
             n_options=scores.n_options,
         )
 
-    def fit_transform(self, scores: Scores, *args: Any, **kwargs: Any) -> Scores:
+    def fit_transform(self, scores: Any, *args: Any, **kwargs: Any) -> Scores:
         """Fit on ``scores`` (and any further arguments), then transform ``scores``."""
         self.fit(scores, *args, **kwargs)
         return self.transform(scores)
@@ -215,7 +290,7 @@ class Calibrator(ABC):
             "kind": self.kind,
             "llmcal_version": __version__,
             "config": to_jsonable(self.get_config(), "config"),
-            "params": self.get_params(),
+            "params": self.get_fitted_params(),
             "fit": to_jsonable(self.fit_info_, "fit"),
         }
 
@@ -239,10 +314,11 @@ class Calibrator(ABC):
                 f"{FORMAT_VERSION}. Upgrade llmcal (pip install -U llmcal) or re-fit with this one"
             )
         kind = d.get("kind")
-        target = CALIBRATORS.get(kind) if isinstance(kind, str) else None
+        known = {**CALIBRATORS, **WRAPPERS}
+        target = known.get(kind) if isinstance(kind, str) else None
         if target is None:
             raise CalibrationError(
-                f"{source}: unknown calibrator kind {kind!r}; known kinds: {sorted(CALIBRATORS)}"
+                f"{source}: unknown calibrator kind {kind!r}; known kinds: {sorted(known)}"
             )
         if cls is not Calibrator and target is not cls:
             raise CalibrationError(

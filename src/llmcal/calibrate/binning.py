@@ -19,6 +19,7 @@ from scipy.optimize import isotonic_regression
 from llmcal.calibrate._solvers import check_full_rows, rescale_top_label, top_label_confidence
 from llmcal.calibrate.base import (
     Calibrator,
+    as_scores,
     float_array,
     provenance,
     require_labelled_rows,
@@ -39,8 +40,9 @@ class _TopLabel(Calibrator):
 
     output_logit_kind: ClassVar[str] = "probs_log"
 
-    def fit(self, scores: Scores) -> Self:
-        """Fit the confidence map on the labelled ``scores``."""
+    def fit(self, scores: Scores | npt.ArrayLike, labels: npt.ArrayLike | None = None) -> Self:
+        """Fit the confidence map on labelled Scores (or ``logits``, ``labels`` arrays)."""
+        scores = as_scores(scores, labels, f"{type(self).__name__}.fit")
         require_labelled_rows(scores, f"{type(self).__name__}.fit")
         top, conf = top_label_confidence(scores.logits)
         correct = (top == scores.labels).astype(np.float64)
@@ -55,9 +57,10 @@ class _TopLabel(Calibrator):
         }
         return self
 
-    def calibrated_confidence(self, scores: Scores) -> FloatArray:
+    def calibrated_confidence(self, scores: Scores | npt.ArrayLike) -> FloatArray:
         """The calibrated top-label confidence of each row (before argmax protection)."""
         self._check_fitted()
+        scores = as_scores(scores, who=f"{type(self).__name__}.calibrated_confidence")
         return self._map(top_label_confidence(scores.logits)[1])
 
     def _transform_logits(self, scores: Scores) -> tuple[FloatArray, dict[str, Any]]:
@@ -118,7 +121,7 @@ class HistogramBinning(_TopLabel):
         """Constructor options."""
         return {"n_bins": self.n_bins, "binning": self.binning}
 
-    def get_params(self) -> dict[str, Any]:
+    def get_fitted_params(self) -> dict[str, Any]:
         """``{"edges": [B+1], "values": [B]}``: bin edges on the confidence and bin accuracies."""
         self._check_fitted()
         assert self.edges_ is not None and self.values_ is not None
@@ -165,7 +168,7 @@ class IsotonicCalibration(_TopLabel):
         """Constructor options (none)."""
         return {}
 
-    def get_params(self) -> dict[str, Any]:
+    def get_fitted_params(self) -> dict[str, Any]:
         """``{"x": [...], "y": [...]}``: breakpoints of the fitted increasing map."""
         self._check_fitted()
         assert self.x_ is not None and self.y_ is not None
@@ -221,8 +224,12 @@ class PlattScaling(Calibrator):
         assert self.b_ is not None
         return self.b_
 
-    def fit(self, scores: Scores) -> Self:
-        """Logistic regression of the label on z₁ − z₀ by damped Newton (2 parameters)."""
+    def fit(self, scores: Scores | npt.ArrayLike, labels: npt.ArrayLike | None = None) -> Self:
+        """Logistic regression of the label on z₁ − z₀ by damped Newton (2 parameters).
+
+        With arrays, ``scores`` may be n × 2 logits or 1-D logit differences z₁ − z₀.
+        """
+        scores = as_scores(scores, labels, "PlattScaling.fit")
         require_labelled_rows(scores, "PlattScaling.fit")
         require_two_classes(scores.labels, "PlattScaling.fit")
         d = self._delta(scores)
@@ -294,7 +301,7 @@ class PlattScaling(Calibrator):
         """Constructor options."""
         return {"smooth_targets": self.smooth_targets, "max_iter": self.max_iter}
 
-    def get_params(self) -> dict[str, Any]:
+    def get_fitted_params(self) -> dict[str, Any]:
         """``{"a": slope, "b": intercept}``."""
         return {"a": self.a, "b": self.b}
 

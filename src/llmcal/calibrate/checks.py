@@ -102,7 +102,7 @@ def _warn(message: str) -> None:
 
 def describe_params(cal: Calibrator) -> str:
     """The fitted parameters, rounded and short (``τ = 1.84``, ``w = [0.91 1.02 …]``)."""
-    params: dict[str, Any] = cal.get_params()
+    params: dict[str, Any] = cal.get_fitted_params()
     if cal.kind == "histogram":
         values = np.asarray(params["values"], dtype=np.float64)
         empty = (cal.fit_info_ or {}).get("n_empty_bins")

@@ -47,6 +47,7 @@ from llmcal.calibrate._solvers import (
 from llmcal.calibrate.base import (
     CalibrationWarning,
     Calibrator,
+    as_scores,
     float_array,
     provenance,
     require_two_classes,
@@ -251,8 +252,28 @@ class DACA(Calibrator):
 
     def _parts(self) -> tuple[FloatArray, FloatArray]:
         self._check_fitted()
-        assert self.theta_ is not None and self.k_ is not None
+        if self.theta_ is None or self.k_ is None:
+            raise CalibrationError("this DACA uses scaler='temperature', which has no w / W / b")
         return split_affine(self.theta_, self.scaler, self.k_)
+
+    @property
+    def w_(self) -> FloatArray:
+        """Per-option scale (fitted, ``scaler="vector"``)."""
+        if self.scaler != "vector":
+            raise CalibrationError(f"this DACA uses scaler={self.scaler!r}; w_ is for 'vector'")
+        return self._parts()[0]
+
+    @property
+    def W_(self) -> FloatArray:
+        """The K × K logit map (fitted, ``scaler="matrix"``)."""
+        if self.scaler != "matrix":
+            raise CalibrationError(f"this DACA uses scaler={self.scaler!r}; W_ is for 'matrix'")
+        return self._parts()[0]
+
+    @property
+    def b_(self) -> FloatArray:
+        """Per-option bias (fitted, vector or matrix scaler)."""
+        return self._parts()[1]
 
     def get_config(self) -> dict[str, Any]:
         """Constructor options."""
@@ -275,7 +296,7 @@ class DACA(Calibrator):
             "no_agreement": self.no_agreement,
         }
 
-    def get_params(self) -> dict[str, Any]:
+    def get_fitted_params(self) -> dict[str, Any]:
         """``{"temperature"}``, ``{"w", "b"}`` or ``{"W", "b"}`` depending on the scaler."""
         self._check_fitted()
         if self.scaler == "temperature":
@@ -337,8 +358,14 @@ class DACA(Calibrator):
         p, ref_info = _reference_distribution(zr, r.meta, r.ids, self.missing)
         return t, zt, zr, p, ref_info
 
-    def fit(self, target: Scores, reference: Scores) -> Self:
-        """Fit on unlabelled ``target`` (PoLM) Scores against ``reference`` (PLM) Scores."""
+    def fit(self, target: Scores | npt.ArrayLike, reference: Scores | npt.ArrayLike) -> Self:
+        """Fit on unlabelled ``target`` (PoLM) against ``reference`` (PLM): Scores or logit arrays.
+
+        Arrays are n × K logits of the same n questions in the same order (row i of one is row i
+        of the other).
+        """
+        target = as_scores(target, who="DACA.fit(target)")
+        reference = as_scores(reference, who="DACA.fit(reference)")
         t, zt, zr, p, ref_info = self._prepare(target, reference)
         n, k = zt.shape
         ref_pred = np.argmax(zr, axis=1)
@@ -381,7 +408,9 @@ class DACA(Calibrator):
         self.fit_info_ = to_jsonable(info)
         return self
 
-    def fit_transform(self, target: Scores, reference: Scores) -> Scores:
+    def fit_transform(
+        self, target: Scores | npt.ArrayLike, reference: Scores | npt.ArrayLike
+    ) -> Scores:
         """Fit, then transform ``target``."""
         return self.fit(target, reference).transform(target)
 
@@ -698,7 +727,7 @@ class SubjectDACA(Calibrator):
         """Constructor options."""
         return {**self._options, "unseen": self.unseen}
 
-    def get_params(self) -> dict[str, Any]:
+    def get_fitted_params(self) -> dict[str, Any]:
         """``{"temperatures": {subject: τ}, "fallback_subjects", "unseen_temperature"}``."""
         self._check_fitted()
         return {

@@ -18,6 +18,7 @@ from llmcal.calibrate._solvers import (
 )
 from llmcal.calibrate.base import (
     Calibrator,
+    as_scores,
     float_array,
     provenance,
     require_labelled_rows,
@@ -81,8 +82,9 @@ class TemperatureScaling(Calibrator):
         assert self.temperature_ is not None
         return self.temperature_
 
-    def fit(self, scores: Scores) -> Self:
-        """Minimise the NLL of ``σ(z/τ)`` on the labelled ``scores``."""
+    def fit(self, scores: Scores | npt.ArrayLike, labels: npt.ArrayLike | None = None) -> Self:
+        """Minimise the NLL of ``σ(z/τ)`` on labelled Scores (or ``logits``, ``labels`` arrays)."""
+        scores = as_scores(scores, labels, "TemperatureScaling.fit")
         require_labelled_rows(scores, "TemperatureScaling.fit")
         z = scores.logits
         onehot = np.zeros_like(z)
@@ -122,7 +124,7 @@ class TemperatureScaling(Calibrator):
         """Constructor options."""
         return {"tau_range": list(self.tau_range)}
 
-    def get_params(self) -> dict[str, Any]:
+    def get_fitted_params(self) -> dict[str, Any]:
         """``{"temperature": τ}``."""
         self._check_fitted()
         return {"temperature": self.temperature}
@@ -149,9 +151,10 @@ class _AffineScaling(Calibrator):
         self.k_: int | None = None
         self.theta_: FloatArray | None = None
 
-    def fit(self, scores: Scores) -> Self:
-        """Minimise the NLL of ``σ(φ(z))`` on the labelled ``scores`` with L-BFGS."""
+    def fit(self, scores: Scores | npt.ArrayLike, labels: npt.ArrayLike | None = None) -> Self:
+        """Minimise the NLL of ``σ(φ(z))`` on labelled Scores (or arrays) with L-BFGS."""
         name = type(self).__name__
+        scores = as_scores(scores, labels, f"{name}.fit")
         require_labelled_rows(scores, f"{name}.fit")
         check_full_rows(scores.logits, name)
         require_two_classes(scores.labels, f"{name}.fit")
@@ -202,6 +205,16 @@ class VectorScaling(_AffineScaling):
     map_kind: ClassVar[str] = "vector"
 
     @property
+    def w_(self) -> FloatArray:
+        """Per-option logit scale (fitted)."""
+        return self._parts()[0]
+
+    @property
+    def b_(self) -> FloatArray:
+        """Per-option bias (fitted)."""
+        return self._parts()[1]
+
+    @property
     def w(self) -> FloatArray:
         """Per-option logit scale."""
         return self._parts()[0]
@@ -215,7 +228,7 @@ class VectorScaling(_AffineScaling):
         """Constructor options (none)."""
         return {}
 
-    def get_params(self) -> dict[str, Any]:
+    def get_fitted_params(self) -> dict[str, Any]:
         """``{"w": [K], "b": [K]}``."""
         a, b = self._parts()
         return {"w": a.tolist(), "b": b.tolist()}
@@ -237,6 +250,16 @@ class MatrixScaling(_AffineScaling):
 
     kind: ClassVar[str] = "matrix"
     map_kind: ClassVar[str] = "matrix"
+
+    @property
+    def W_(self) -> FloatArray:
+        """The K × K logit map (fitted)."""
+        return self._parts()[0]
+
+    @property
+    def b_(self) -> FloatArray:
+        """Per-option bias (fitted)."""
+        return self._parts()[1]
 
     def __init__(self, off_diag_l2: float = 0.0, bias_l2: float = 0.0) -> None:
         super().__init__()
@@ -261,7 +284,7 @@ class MatrixScaling(_AffineScaling):
         """Constructor options."""
         return {"off_diag_l2": self.off_diag_l2, "bias_l2": self.bias_l2}
 
-    def get_params(self) -> dict[str, Any]:
+    def get_fitted_params(self) -> dict[str, Any]:
         """``{"W": [[K×K]], "b": [K]}``."""
         a, b = self._parts()
         return {"W": a.tolist(), "b": b.tolist()}
