@@ -3,6 +3,8 @@
 Supervised: :class:`TemperatureScaling`, :class:`VectorScaling`, :class:`MatrixScaling`,
 :class:`HistogramBinning`, :class:`IsotonicCalibration`, :class:`PlattScaling`. Label-free:
 :class:`DACA` (a post-trained model calibrated against its pre-trained counterpart).
+Guarantees (decisions, not new Scores): :class:`ConformalPredictor` (prediction sets with
+coverage ≥ 1 − α) and :class:`SelectiveRisk` (answer / abstain with a bound on the error rate).
 """
 
 from __future__ import annotations
@@ -16,23 +18,33 @@ from llmcal.calibrate.base import (
     load_calibrator,
 )
 from llmcal.calibrate.binning import HistogramBinning, IsotonicCalibration, PlattScaling
+from llmcal.calibrate.conformal import ConformalPredictor, PredictionSets
 from llmcal.calibrate.daca import DACA, agreement_mask, reference_distribution
+from llmcal.calibrate.guarantee import GUARANTEES, Guarantee, load_guarantee
 from llmcal.calibrate.scaling import MatrixScaling, TemperatureScaling, VectorScaling
+from llmcal.calibrate.selective_risk import SelectiveDecisions, SelectiveRisk
 
 __all__ = [
     "CALIBRATORS",
     "DACA",
     "FORMAT",
     "FORMAT_VERSION",
+    "GUARANTEES",
     "CalibrationWarning",
     "Calibrator",
+    "ConformalPredictor",
+    "Guarantee",
     "HistogramBinning",
     "IsotonicCalibration",
     "MatrixScaling",
     "PlattScaling",
+    "PredictionSets",
+    "SelectiveDecisions",
+    "SelectiveRisk",
     "TemperatureScaling",
     "VectorScaling",
     "agreement_mask",
     "load_calibrator",
+    "load_guarantee",
     "reference_distribution",
 ]
