@@ -182,6 +182,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     json_out = _out_path(args.json, [".json"], "--json") if args.json else None
     plot_out = _out_path(args.plot, [".png"], "--plot") if args.plot else None
+    if _eval_guarantee(args, json_out, plot_out):
+        return 0
     scores = Scores.load(args.scores)
     result = evaluate(
         scores,
@@ -240,6 +242,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from llmcal.scores import Scores
 
     out = _out_path(args.out, [".json"], "--out")
+    _check_guarantee_flags(args)
+    if args.kind in ("conformal", "selective"):
+        return _fit_guarantee(args, out)
     if args.kind == "daca":
         if args.scores or not (args.target and args.reference):
             raise ConfigError(
@@ -270,6 +275,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from llmcal.scores import Scores
 
     out = _out_path(args.out, [".parquet"], "--out")
+    if _apply_guarantee(args, out):
+        return 0
     cal = load_calibrator(args.calibrator)
     scores = Scores.load(args.scores)
     calibrated = cal.transform(scores)
@@ -362,6 +369,214 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- guarantees: conformal prediction sets and selective answering ------------------------------
+_GUARANTEE_FLAGS = {
+    "conformal": ("alpha", "score", "randomized", "lam", "k_reg"),
+    "selective": ("risk", "delta", "method", "grid_size", "pilot_fraction"),
+}
+
+
+def _check_guarantee_flags(args: argparse.Namespace) -> None:
+    """Reject --alpha / --risk / … given to a kind that does not take them."""
+    for kind, names in _GUARANTEE_FLAGS.items():
+        if args.kind == kind:
+            continue
+        given = [n for n in names if getattr(args, n, None) not in (None, False)]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise ConfigError(f"{flag} is an option of `llmcal fit {kind}`, not of {args.kind}")
+    if args.kind in _GUARANTEE_FLAGS and (args.target or args.reference):
+        raise ConfigError(
+            f"llmcal fit {args.kind} takes one labelled calibration Scores file: llmcal fit "
+            f"{args.kind} CAL.parquet --out {args.kind}.json (--target/--reference are for daca)"
+        )
+
+
+def _fit_guarantee(args: argparse.Namespace, out: Path) -> int:
+    """`llmcal fit conformal|selective`: fit on a labelled calibration split, save the JSON."""
+    from llmcal.calibrate import ConformalPredictor, SelectiveRisk
+    from llmcal.scores import Scores
+
+    if not args.scores:
+        raise ConfigError(
+            f"llmcal fit {args.kind} needs a labelled calibration Scores file: llmcal fit "
+            f"{args.kind} CAL.parquet --out {args.kind}.json"
+        )
+    seed = 0 if args.seed is None else args.seed
+    if args.kind == "conformal":
+        g: Any = ConformalPredictor(
+            alpha=0.1 if args.alpha is None else args.alpha,
+            score=args.score or "lac",
+            randomized=bool(args.randomized),
+            lam=0.01 if args.lam is None else args.lam,
+            k_reg=1 if args.k_reg is None else args.k_reg,
+            seed=seed,
+        )
+    else:
+        g = SelectiveRisk(
+            risk=0.1 if args.risk is None else args.risk,
+            delta=0.05 if args.delta is None else args.delta,
+            method=(args.method or "fixed-sequence").replace("-", "_"),
+            grid_size=200 if args.grid_size is None else args.grid_size,
+            pilot_fraction=0.1 if args.pilot_fraction is None else args.pilot_fraction,
+            seed=seed,
+        )
+    g.fit(Scores.load(args.scores))
+    g.save(out)
+    info = g.fit_info_ or {}
+    if args.kind == "conformal":
+        q = g.get_params()["qhat"]
+        _print(
+            f"fitted conformal ({g.score}{', randomised' if g.randomized else ''}, alpha "
+            f"{g.alpha:g}) on {info['n']} questions: q̂ = "
+            f"{'inf (every set is all options)' if q is None else f'{q:.6g}'}; coverage >= "
+            f"{info['target_coverage']:.4g} (and <= {info['coverage_upper_bound']:.4g} with "
+            f"untied scores); mean set size on the calibration split "
+            f"{info['calibration_mean_size']:.3f}"
+        )
+    else:
+        head = (
+            f"fitted selective ({g.method.replace('_', '-')}, risk {g.risk:g}, delta "
+            f"{g.delta:g}) on {info['n']} questions"
+        )
+        if g.answers_nothing:
+            _print(
+                f"{head}: NO confidence threshold meets the bound, so the rule answers nothing; "
+                "use more calibration questions, a larger --risk or --delta"
+            )
+        else:
+            _print(
+                f"{head}: answer when confidence >= {g.threshold:.6g}; on the calibration split "
+                f"it answers {info['calibration_coverage']:.1%} with error rate "
+                f"{info['calibration_risk']:.4f} (tested part: {info['n_errors']} errors in "
+                f"{info['n_answered']}, Clopper–Pearson upper bound "
+                f"{info['risk_upper_bound']:.4f} <= {g.risk:g})"
+            )
+    _print(f"wrote {out}")
+    return 0
+
+
+def _apply_guarantee(args: argparse.Namespace, out: Path) -> bool:
+    """`llmcal apply` with a guarantee artefact: write prediction sets or decisions."""
+    from llmcal.calibrate.guarantee import FORMAT, artefact_format, load_guarantee
+    from llmcal.scores import Scores
+
+    if artefact_format(args.calibrator) != FORMAT:
+        return False
+    g: Any = load_guarantee(args.calibrator)
+    scores = Scores.load(args.scores)
+    if g.kind == "conformal":
+        sets = g.predict_sets(scores)
+        sets.save(out)
+        _print(f"prediction sets for {len(sets)} questions ({g.score}, alpha {g.alpha:g})")
+        _print_sets_summary(sets)
+    else:
+        decisions = g.decide(scores)
+        decisions.save(out)
+        _print_selective_summary(decisions)
+    _print(f"wrote {out}")
+    return True
+
+
+def _print_sets_summary(sets: Any, subjects: bool = True) -> dict[str, Any]:
+    from llmcal.calibrate.conformal import set_coverage
+    from llmcal.report.tables import render
+
+    r = set_coverage(sets)
+    target = r["target_coverage"]
+    line = f"mean set size {r['mean_size']:.3f} · empty sets {r['empty_share']:.1%}"
+    if "coverage" in r:
+        lo, hi = r["coverage_ci"]
+        line = (
+            f"coverage {r['coverage']:.4f} [{lo:.4f}, {hi:.4f}] ({r['ci_method']}) on "
+            f"{r['n_labelled']} labelled questions · target >= {target:.4g} · " + line
+        )
+        _print(line)
+        _print(
+            render(
+                ["set size", "n", "share", "coverage"],
+                [
+                    [
+                        str(b["size"]),
+                        str(b["n"]),
+                        f"{b['n'] / r['n_labelled']:.3f}",
+                        f"{b['coverage']:.4f}",
+                    ]
+                    for b in r["by_size"]
+                ],
+            )
+        )
+        if subjects and r.get("by_subject"):
+            _print()
+            _print(
+                render(
+                    ["subject", "n", "coverage", "mean size"],
+                    [
+                        [k, str(v["n"]), f"{v['coverage']:.4f}", f"{v['mean_size']:.3f}"]
+                        for k, v in r["by_subject"].items()
+                    ],
+                )
+            )
+    else:
+        _print(f"{line} (unlabelled: no coverage)")
+    return r
+
+
+def _print_selective_summary(decisions: Any) -> dict[str, Any]:
+    from llmcal.calibrate.selective_risk import selective_summary
+
+    r = selective_summary(decisions)
+    _print(f"guarantee: {r['guarantee']}")
+    line = f"answered {r['n_answered']} of {r['n']} questions (coverage {r['coverage']:.4f})"
+    if "realised_risk" in r:
+        lo, hi = r["realised_risk_ci"]
+        line += (
+            f"; realised error rate among answered {r['realised_risk']:.4f} [{lo:.4f}, {hi:.4f}] "
+            f"({r['ci_method']}; {r['n_errors']} errors in {r['n_answered_labelled']}) vs bound "
+            f"{r['risk']:g}"
+        )
+    elif r["n_answered"] and "accuracy_all" not in r:
+        line += "; unlabelled: no realised risk"
+    _print(line)
+    return r
+
+
+def _eval_guarantee(args: argparse.Namespace, json_out: Path | None, plot_out: Path | None) -> bool:
+    """`llmcal eval` of a prediction-sets or selective-decisions file (False: not one)."""
+    from llmcal.calibrate.conformal import SETS_FORMAT, PredictionSets
+    from llmcal.calibrate.guarantee import parquet_format
+    from llmcal.calibrate.selective_risk import SELECTIVE_FORMAT, SelectiveDecisions
+
+    fmt = parquet_format(args.scores)
+    if fmt not in (SETS_FORMAT, SELECTIVE_FORMAT):
+        return False
+    if plot_out:
+        raise ConfigError(f"--plot draws a reliability diagram of Scores; {args.scores} is {fmt}")
+    meta: dict[str, Any]
+    if fmt == SETS_FORMAT:
+        sets = PredictionSets.load(args.scores)
+        meta = sets.meta
+        c = meta.get("conformal") or {}
+        _print(
+            f"{args.scores}: conformal prediction sets ({(c.get('config') or {}).get('score')}) · "
+            f"model {meta.get('model', '?')} · task {meta.get('task', '?')}"
+        )
+        result = _print_sets_summary(sets, subjects=True)
+    else:
+        decisions = SelectiveDecisions.load(args.scores)
+        meta = decisions.meta
+        _print(
+            f"{args.scores}: selective answering · model {meta.get('model', '?')} · task "
+            f"{meta.get('task', '?')}"
+        )
+        result = _print_selective_summary(decisions)
+    if json_out:
+        payload = {"file": str(args.scores), "format": fmt, "meta": meta, "metrics": result}
+        atomic_write_text(json_out, json.dumps(payload, indent=2) + "\n")
+        _print(f"wrote {json_out}")
+    return True
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     """LoRA fine-tuning with a calibration-aware objective; writes a PEFT adapter folder."""
     from llmcal.finetune.command import check_adapter_out, config_from_args, run_finetune
@@ -401,6 +616,23 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 # -- parser -------------------------------------------------------------------------------------
+class _IntermixedParser(argparse.ArgumentParser):
+    """A subcommand parser whose optional positional may follow options (intermixed parsing)."""
+
+    _inner = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._inner:  # parse_known_intermixed_args calls back into parse_known_args
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser for every subcommand."""
     from llmcal.calibrate import CALIBRATORS
@@ -504,8 +736,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="write a reliability diagram to this .png file")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("fit", help="fit a calibrator on Scores → calibrator (.json)")
-    p.add_argument("kind", choices=list(CALIBRATORS), help="calibrator kind")
+    default_class = sub._parser_class
+    sub._parser_class = _IntermixedParser  # `fit KIND --alpha 0.1 CAL.parquet`: options first
+    try:
+        p = sub.add_parser("fit", help="fit a calibrator on Scores → calibrator (.json)")
+    finally:
+        sub._parser_class = default_class
+    p.add_argument(
+        "kind",
+        choices=[*CALIBRATORS, "conformal", "selective"],
+        help="calibrator kind, or a guarantee: conformal (prediction sets), selective (answer "
+        "or abstain with a risk bound)",
+    )
     p.add_argument("scores", nargs="?", default=None, help="labelled Scores file (not for daca)")
     p.add_argument("--target", default=None, help="daca: Scores of the post-trained model")
     p.add_argument("--reference", default=None, help="daca: Scores of the pre-trained reference")
@@ -528,11 +770,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="daca: require the same questions, or use the common ones",
     )
     p.add_argument("--bins", type=_positive_int, default=15, help="histogram: number of bins")
+    _add_guarantee_fit_options(p)
     p.add_argument("--out", required=True, help="output calibrator file (.json)")
     p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("apply", help="apply a calibrator to Scores → calibrated Scores")
-    p.add_argument("calibrator", help="calibrator file (.json) from llmcal fit")
+    p = sub.add_parser(
+        "apply",
+        help="apply a calibrator to Scores → calibrated Scores (a conformal / selective "
+        "artefact → prediction sets / answer-abstain decisions)",
+    )
+    p.add_argument("calibrator", help="calibrator or guarantee file (.json) from llmcal fit")
     p.add_argument("scores", help="Scores file (.parquet) to calibrate")
     p.add_argument("--out", required=True, help="output Scores file (.parquet)")
     p.set_defaults(func=cmd_apply)
@@ -590,6 +837,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="built-in tasks, templates and bundled models")
     p.set_defaults(func=cmd_list)
     return parser
+
+
+def _add_guarantee_fit_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("conformal (prediction sets with coverage >= 1 - alpha)")
+    g.add_argument("--alpha", type=float, default=None, help="miscoverage level (default 0.1)")
+    g.add_argument("--score", choices=["lac", "aps", "raps"], default=None, help="default lac")
+    g.add_argument(
+        "--randomized", action="store_true", help="aps/raps: randomised tie-breaking (exact)"
+    )
+    g.add_argument("--lam", type=float, default=None, help="raps: size penalty (default 0.01)")
+    g.add_argument("--k-reg", type=int, default=None, help="raps: free set size (default 1)")
+    g = p.add_argument_group("selective (answer when confident; error rate <= risk w.p. 1 - delta)")
+    g.add_argument("--risk", type=float, default=None, help="error-rate bound (default 0.1)")
+    g.add_argument("--delta", type=float, default=None, help="failure probability (0.05)")
+    g.add_argument(
+        "--method",
+        choices=["fixed-sequence", "bonferroni"],
+        default=None,
+        help="multiple testing over the threshold grid (default fixed-sequence)",
+    )
+    g.add_argument("--grid-size", type=int, default=None, help="linear threshold grid (200)")
+    g.add_argument(
+        "--pilot-fraction",
+        type=float,
+        default=None,
+        help="fixed-sequence: share of the split that picks the start (default 0.1)",
+    )
+    p.add_argument("--seed", type=int, default=None, help="conformal/selective: hash seed (0)")
 
 
 def _add_finetune_parser(sub: Any) -> None:
