@@ -14,10 +14,12 @@ given n_λ, the answered questions are i.i.d. from the answered population). The
 * ``method="fixed_sequence"`` (default): test from high to low confidence at level δ and stop at
   the first candidate that fails; λ is the last one that passed. This controls the family-wise
   error at δ without any multiplicity correction, but a candidate near 1 that answers few
-  questions can never pass and would end the sequence at once. So the sequence starts at a
-  candidate chosen on a small *pilot* part of the calibration split (``pilot_fraction``, picked
-  by a hash of the question ids), which is then left out of the test: the start is independent
-  of the tested data, and the guarantee stays exact.
+  questions can never pass and would end the sequence at once. So the sequence starts at the
+  highest candidate that a small *pilot* part of the calibration split (``pilot_fraction``,
+  picked by a hash of the question ids; only its confidences are used) expects to answer at
+  least 2 · ⌈log δ / log(1 − r)⌉ tested questions; the pilot is then left out of the test, so
+  the start is independent of the tested data and the guarantee stays exact.
+  ``pilot_fraction=0`` starts at the top of the grid.
 * ``method="bonferroni"``: test every candidate at level δ/m (m candidates, whole split, no
   pilot) and take the lowest λ that passes. Valid without ordering assumptions, less power.
 
@@ -183,7 +185,7 @@ class SelectiveRisk(Guarantee):
             n_pilot = int(pilot.sum())
             if 0 < n_pilot < len(scores):
                 test_mask = ~pilot
-                start = self._start(conf[pilot], wrong[pilot], grid, int(test_mask.sum()))
+                start = self._start(conf[pilot], grid, int(test_mask.sum()))
             else:
                 n_pilot = 0
         n_ans, n_err = _counts(conf[test_mask], wrong[test_mask], grid)
@@ -230,20 +232,18 @@ class SelectiveRisk(Guarantee):
         return self
 
     def _start(
-        self,
-        conf: npt.NDArray[np.float64],
-        wrong: npt.NDArray[np.bool_],
-        grid: npt.NDArray[np.float64],
-        n_test: int,
+        self, pilot_conf: npt.NDArray[np.float64], grid: npt.NDArray[np.float64], n_test: int
     ) -> int:
-        """Where the sequence starts: the first candidate the pilot predicts will pass."""
-        m_ans, m_err = _counts(conf, wrong, grid)
-        expected_n = np.floor(m_ans / conf.shape[0] * n_test).astype(np.int64)
-        rate = (m_err + 0.5) / (m_ans + 1.0)  # shrunk towards 1/2: few pilot answers, no zero
-        expected_e = np.minimum(np.floor(rate * expected_n), expected_n).astype(np.int64)
-        predicted = risk_pvalues(expected_n, expected_e, self.risk)
-        ok = np.flatnonzero(predicted <= self.delta)
-        return int(ok[0]) if ok.size else int(np.argmin(predicted))
+        """Where the sequence starts: the first candidate the pilot expects to answer enough.
+
+        A candidate can pass only when it answers at least n_min = ⌈log δ / log(1 − r)⌉
+        questions (n_min with no error at all); the start is the highest candidate at which
+        the pilot's share of answered questions, scaled to the tested part, reaches 2 · n_min.
+        """
+        n_min = math.ceil(math.log(self.delta) / math.log1p(-self.risk) - 1e-9)
+        share = (pilot_conf[None, :] >= grid[:, None]).mean(axis=1)
+        ok = np.flatnonzero(share * n_test >= 2 * n_min)
+        return int(ok[0]) if ok.size else grid.shape[0] - 1
 
     def decide(self, scores: Scores) -> SelectiveDecisions:
         """Answer / abstain for every question of ``scores``."""
