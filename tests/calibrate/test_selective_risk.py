@@ -114,10 +114,10 @@ def test_answer_view_decisions_and_round_trip(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     cal, test = _population(4000, rng, "c"), _population(1000, rng, "t")
     p = np.asarray(cal.confidences())
-    cal_answer = Scores(
-        ids=cal.ids, logits=np.log(np.stack([1 - p, p], axis=1)), labels=cal.correct().astype(int),
-        meta={"view": "answer", "task": "free"},
-    )  # fmt: skip
+    cal_answer = Scores.from_confidence(
+        p, correct=cal.correct(), ids=cal.ids, meta={"task": "free"}
+    )
+    assert cal_answer.view == "answer"
     a = SelectiveRisk(0.15, 0.05).fit(cal)
     b = SelectiveRisk(0.15, 0.05).fit(cal_answer)
     assert a.threshold == b.threshold and math.isfinite(a.threshold)
