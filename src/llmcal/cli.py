@@ -361,6 +361,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         seed=args.seed,
         tolerance=args.tolerance,
         title=args.title,
+        guarantees=_report_guarantees(args, source),
     )
     report.save(out, fmt)
     compared = sum("skipped" not in d for d in report.data["drift"])
@@ -575,6 +576,21 @@ def _eval_guarantee(args: argparse.Namespace, json_out: Path | None, plot_out: P
         atomic_write_text(json_out, json.dumps(payload, indent=2) + "\n")
         _print(f"wrote {json_out}")
     return True
+
+
+def _report_guarantees(args: argparse.Namespace, source: Any) -> dict[str, Any] | None:
+    """`llmcal report --conformal CP.json --selective SEL.json`: checked on the last RUN."""
+    if not (args.conformal or args.selective):
+        return None
+    from llmcal.calibrate import ConformalPredictor, SelectiveRisk
+    from llmcal.report.guarantees import guarantees_data
+
+    cp = ConformalPredictor.load(args.conformal) if args.conformal else None
+    sel = SelectiveRisk.load(args.selective) if args.selective else None
+    return guarantees_data(
+        source.name, source.scores, cp, sel, conformal_file=args.conformal,
+        selective_file=args.selective,
+    )  # fmt: skip
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -804,6 +820,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--labels",
         default=None,
         help="comma-separated display names, one per run: the RUN files, then the calibrated runs",
+    )
+    p.add_argument(
+        "--conformal",
+        default=None,
+        metavar="CP.json",
+        help="add coverage of these conformal sets on the last RUN (from llmcal fit conformal)",
+    )
+    p.add_argument(
+        "--selective",
+        default=None,
+        metavar="SEL.json",
+        help="add this selective rule's risk and coverage on the last RUN (llmcal fit selective)",
     )
     p.add_argument(
         "--format",
