@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from llmcal._cliutil import Parser
 from llmcal._io import atomic_write_text
 from llmcal._version import __version__
 from llmcal.errors import ConfigError, LLMCalError
@@ -242,6 +243,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     json_out = _out_path(args.json, [".json"], "--json") if args.json else None
     plot_out = _out_path(args.plot, [".png"], "--plot") if args.plot else None
+    if _eval_guarantee(args, json_out, plot_out):
+        return 0
     scores = _load_scores_or_table(args)
     result = evaluate(
         scores,
@@ -353,6 +356,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from llmcal.scores import Scores
 
     out = _out_path(args.out, [".json"], "--out")
+    _check_guarantee_flags(args)
+    if args.kind in ("conformal", "selective"):
+        if args.cross_fit or args.oof:
+            raise ConfigError(f"--cross-fit / --oof are for calibrators, not {args.kind}")
+        return _fit_guarantee(args, out)
     if args.kind == "daca" and (args.cross_fit or args.oof):
         raise ConfigError("--cross-fit / --oof are for supervised calibrators, not daca")
     if args.oof and not args.cross_fit:
@@ -469,7 +477,9 @@ def _fit_cross(args: argparse.Namespace, base: Any, out: Path) -> int:
 
     oof_out = _out_path(args.oof, [".parquet"], "--oof") if args.oof else None
     scores = Scores.load(args.scores)
-    cal = CrossFitted(base, n_splits=args.cross_fit, ensemble=not args.no_ensemble, seed=args.seed)
+    cal = CrossFitted(
+        base, n_splits=args.cross_fit, ensemble=not args.no_ensemble, seed=args.seed or 0
+    )
     oof = cal.fit_transform(scores)
     cal.save(out)
     info = cal.fit_info_ or {}
@@ -498,12 +508,14 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from llmcal.scores import Scores
 
     out = _out_path(args.out, [".parquet"], "--out")
+    if _apply_guarantee(args, out):
+        return 0
     from llmcal.calibrate.checks import warn_misapplied
 
     cal = load_calibrator(args.calibrator)
     scores = Scores.load(args.scores)
+    calibrated = cal.transform(scores)  # an error here says more than a mismatch warning
     warn_misapplied(cal, scores, str(args.calibrator))
-    calibrated = cal.transform(scores)
     calibrated.save(out)
     line = f"applied {cal.kind} to {len(scores)} questions"
     if scores.has_labels:
@@ -627,11 +639,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     source = runs[-1]
     for j, path in enumerate(calibrators):
         cal = load_calibrator(path)
-        warn_misapplied(cal, source.scores, f"{path} (applied to {source.file})")
         try:
             calibrated = cal.transform(source.scores)
         except LLMCalError as exc:
             raise type(exc)(f"{path}: cannot apply it to {source.file}: {exc}") from None
+        warn_misapplied(cal, source.scores, f"{path} (applied to {source.file})")
         name = labels[len(args.runs) + j] if labels else f"{source.name} + {Path(path).stem}"
         runs.append(
             ReportRun(
@@ -650,12 +662,236 @@ def cmd_report(args: argparse.Namespace) -> int:
         seed=args.seed,
         tolerance=args.tolerance,
         title=args.title,
+        guarantees=_report_guarantees(args, source),
     )
     report.save(out, fmt)
     compared = sum("skipped" not in d for d in report.data["drift"])
     _print(f"report of {len(runs)} run(s), {compared} drift comparison(s)")
     _print(f"wrote {out}")
     return 0
+
+
+# -- guarantees: conformal prediction sets and selective answering ------------------------------
+_GUARANTEE_FLAGS = {
+    "conformal": ("alpha", "score", "randomized", "lam", "k_reg"),
+    "selective": ("risk", "delta", "method", "grid_size", "pilot_fraction"),
+}
+
+
+def _check_guarantee_flags(args: argparse.Namespace) -> None:
+    """Reject --alpha / --risk / … given to a kind that does not take them."""
+    for kind, names in _GUARANTEE_FLAGS.items():
+        if args.kind == kind:
+            continue
+        given = [n for n in names if getattr(args, n, None) not in (None, False)]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise ConfigError(f"{flag} is an option of `llmcal fit {kind}`, not of {args.kind}")
+    if args.kind in _GUARANTEE_FLAGS and (args.target or args.reference):
+        raise ConfigError(
+            f"llmcal fit {args.kind} takes one labelled calibration Scores file: llmcal fit "
+            f"{args.kind} CAL.parquet --out {args.kind}.json (--target/--reference are for daca)"
+        )
+
+
+def _fit_guarantee(args: argparse.Namespace, out: Path) -> int:
+    """`llmcal fit conformal|selective`: fit on a labelled calibration split, save the JSON."""
+    from llmcal.calibrate import ConformalPredictor, SelectiveRisk
+    from llmcal.scores import Scores
+
+    if not args.scores:
+        raise ConfigError(
+            f"llmcal fit {args.kind} needs a labelled calibration Scores file: llmcal fit "
+            f"{args.kind} CAL.parquet --out {args.kind}.json"
+        )
+    seed = 0 if args.seed is None else args.seed
+    if args.kind == "conformal":
+        g: Any = ConformalPredictor(
+            alpha=0.1 if args.alpha is None else args.alpha,
+            score=args.score or "lac",
+            randomized=bool(args.randomized),
+            lam=0.01 if args.lam is None else args.lam,
+            k_reg=1 if args.k_reg is None else args.k_reg,
+            seed=seed,
+        )
+    else:
+        g = SelectiveRisk(
+            risk=0.1 if args.risk is None else args.risk,
+            delta=0.05 if args.delta is None else args.delta,
+            method=(args.method or "fixed-sequence").replace("-", "_"),
+            grid_size=200 if args.grid_size is None else args.grid_size,
+            pilot_fraction=0.1 if args.pilot_fraction is None else args.pilot_fraction,
+            seed=seed,
+        )
+    g.fit(Scores.load(args.scores))
+    g.save(out)
+    info = g.fit_info_ or {}
+    if args.kind == "conformal":
+        q = g.get_params()["qhat"]
+        _print(
+            f"fitted conformal ({g.score}{', randomised' if g.randomized else ''}, alpha "
+            f"{g.alpha:g}) on {info['n']} questions: q̂ = "
+            f"{'inf (every set is all options)' if q is None else f'{q:.6g}'}; coverage >= "
+            f"{info['target_coverage']:.4g} (and <= {info['coverage_upper_bound']:.4g} with "
+            f"untied scores); mean set size on the calibration split "
+            f"{info['calibration_mean_size']:.3f}"
+        )
+    else:
+        head = (
+            f"fitted selective ({g.method.replace('_', '-')}, risk {g.risk:g}, delta "
+            f"{g.delta:g}) on {info['n']} questions"
+        )
+        if g.answers_nothing:
+            _print(
+                f"{head}: NO confidence threshold meets the bound, so the rule answers nothing; "
+                "use more calibration questions, a larger --risk or --delta"
+            )
+        else:
+            _print(
+                f"{head}: answer when confidence >= {g.threshold:.6g}; on the calibration split "
+                f"it answers {info['calibration_coverage']:.1%} with error rate "
+                f"{info['calibration_risk']:.4f} (tested part: {info['n_errors']} errors in "
+                f"{info['n_answered']}, Clopper–Pearson upper bound "
+                f"{info['risk_upper_bound']:.4f} <= {g.risk:g})"
+            )
+    _print(f"wrote {out}")
+    return 0
+
+
+def _apply_guarantee(args: argparse.Namespace, out: Path) -> bool:
+    """`llmcal apply` with a guarantee artefact: write prediction sets or decisions."""
+    from llmcal.calibrate.guarantee import FORMAT, artefact_format, load_guarantee
+    from llmcal.scores import Scores
+
+    if artefact_format(args.calibrator) != FORMAT:
+        return False
+    g: Any = load_guarantee(args.calibrator)
+    scores = Scores.load(args.scores)
+    if g.kind == "conformal":
+        sets = g.predict_sets(scores)
+        sets.save(out)
+        _print(f"prediction sets for {len(sets)} questions ({g.score}, alpha {g.alpha:g})")
+        _print_sets_summary(sets)
+    else:
+        decisions = g.decide(scores)
+        decisions.save(out)
+        _print_selective_summary(decisions)
+    _print(f"wrote {out}")
+    return True
+
+
+def _print_sets_summary(sets: Any, subjects: bool = True) -> dict[str, Any]:
+    from llmcal.calibrate.conformal import set_coverage
+    from llmcal.report.tables import render
+
+    r = set_coverage(sets)
+    target = r["target_coverage"]
+    line = f"mean set size {r['mean_size']:.3f} · empty sets {r['empty_share']:.1%}"
+    if "coverage" in r:
+        lo, hi = r["coverage_ci"]
+        line = (
+            f"coverage {r['coverage']:.4f} [{lo:.4f}, {hi:.4f}] ({r['ci_method']}) on "
+            f"{r['n_labelled']} labelled questions · target >= {target:.4g} · " + line
+        )
+        _print(line)
+        _print(
+            render(
+                ["set size", "n", "share", "coverage"],
+                [
+                    [
+                        str(b["size"]),
+                        str(b["n"]),
+                        f"{b['n'] / r['n_labelled']:.3f}",
+                        f"{b['coverage']:.4f}",
+                    ]
+                    for b in r["by_size"]
+                ],
+            )
+        )
+        if subjects and r.get("by_subject"):
+            _print()
+            _print(
+                render(
+                    ["subject", "n", "coverage", "mean size"],
+                    [
+                        [k, str(v["n"]), f"{v['coverage']:.4f}", f"{v['mean_size']:.3f}"]
+                        for k, v in r["by_subject"].items()
+                    ],
+                )
+            )
+    else:
+        _print(f"{line} (unlabelled: no coverage)")
+    return r
+
+
+def _print_selective_summary(decisions: Any) -> dict[str, Any]:
+    from llmcal.calibrate.selective_risk import selective_summary
+
+    r = selective_summary(decisions)
+    _print(f"guarantee: {r['guarantee']}")
+    line = f"answered {r['n_answered']} of {r['n']} questions (coverage {r['coverage']:.4f})"
+    if "realised_risk" in r:
+        lo, hi = r["realised_risk_ci"]
+        line += (
+            f"; realised error rate among answered {r['realised_risk']:.4f} [{lo:.4f}, {hi:.4f}] "
+            f"({r['ci_method']}; {r['n_errors']} errors in {r['n_answered_labelled']}) vs bound "
+            f"{r['risk']:g}"
+        )
+    elif r["n_answered"] and "accuracy_all" not in r:
+        line += "; unlabelled: no realised risk"
+    _print(line)
+    return r
+
+
+def _eval_guarantee(args: argparse.Namespace, json_out: Path | None, plot_out: Path | None) -> bool:
+    """`llmcal eval` of a prediction-sets or selective-decisions file (False: not one)."""
+    from llmcal.calibrate.conformal import SETS_FORMAT, PredictionSets
+    from llmcal.calibrate.guarantee import parquet_format
+    from llmcal.calibrate.selective_risk import SELECTIVE_FORMAT, SelectiveDecisions
+
+    fmt = parquet_format(args.scores)
+    if fmt not in (SETS_FORMAT, SELECTIVE_FORMAT):
+        return False
+    if plot_out:
+        raise ConfigError(f"--plot draws a reliability diagram of Scores; {args.scores} is {fmt}")
+    meta: dict[str, Any]
+    if fmt == SETS_FORMAT:
+        sets = PredictionSets.load(args.scores)
+        meta = sets.meta
+        c = meta.get("conformal") or {}
+        _print(
+            f"{args.scores}: conformal prediction sets ({(c.get('config') or {}).get('score')}) · "
+            f"model {meta.get('model', '?')} · task {meta.get('task', '?')}"
+        )
+        result = _print_sets_summary(sets, subjects=True)
+    else:
+        decisions = SelectiveDecisions.load(args.scores)
+        meta = decisions.meta
+        _print(
+            f"{args.scores}: selective answering · model {meta.get('model', '?')} · task "
+            f"{meta.get('task', '?')}"
+        )
+        result = _print_selective_summary(decisions)
+    if json_out:
+        payload = {"file": str(args.scores), "format": fmt, "meta": meta, "metrics": result}
+        atomic_write_text(json_out, json.dumps(payload, indent=2) + "\n")
+        _print(f"wrote {json_out}")
+    return True
+
+
+def _report_guarantees(args: argparse.Namespace, source: Any) -> dict[str, Any] | None:
+    """`llmcal report --conformal CP.json --selective SEL.json`: checked on the last RUN."""
+    if not (args.conformal or args.selective):
+        return None
+    from llmcal.calibrate import ConformalPredictor, SelectiveRisk
+    from llmcal.report.guarantees import guarantees_data
+
+    cp = ConformalPredictor.load(args.conformal) if args.conformal else None
+    sel = SelectiveRisk.load(args.selective) if args.selective else None
+    return guarantees_data(
+        source.name, source.scores, cp, sel, conformal_file=args.conformal,
+        selective_file=args.selective,
+    )  # fmt: skip
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -697,6 +933,23 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 # -- parser -------------------------------------------------------------------------------------
+class _IntermixedParser(Parser):
+    """A subcommand parser whose optional positional may follow options (intermixed parsing)."""
+
+    _inner = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._inner:  # parse_known_intermixed_args calls back into parse_known_args
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
+
+
 def _command(sub: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
     """A subcommand parser that shows defaults and hides old option aliases in --help."""
     from llmcal._cliutil import HelpFormatter
@@ -884,14 +1137,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--task", default=None, help="with --foreign: the task name to record")
     p.set_defaults(func=cmd_eval)
 
-    p = _command(
-        sub,
-        "fit",
-        help="fit a calibrator on Scores → calibrator (.json)",
-        description="Fit a calibrator on labelled Scores (DACA: on unlabelled Scores of a "
-        "post-trained model against its pre-trained reference) and save it as JSON.",
+    default_class = sub._parser_class
+    sub._parser_class = _IntermixedParser  # `fit KIND --alpha 0.1 CAL.parquet`: options first
+    try:
+        p = _command(
+            sub,
+            "fit",
+            help="fit a calibrator on Scores → calibrator (.json)",
+            description="Fit a calibrator on labelled Scores (DACA: on unlabelled Scores of a "
+            "post-trained model against its pre-trained reference), or a guarantee (conformal "
+            "prediction sets, selective answering with a risk bound), and save it as JSON.",
+        )
+    finally:
+        sub._parser_class = default_class
+    p.add_argument(
+        "kind",
+        choices=[*CALIBRATORS, "conformal", "selective"],
+        help="calibrator kind, or a guarantee: conformal (prediction sets), selective (answer "
+        "or abstain with a risk bound)",
     )
-    p.add_argument("kind", choices=list(CALIBRATORS), help="calibrator kind")
     p.add_argument("scores", nargs="?", default=None, help="labelled Scores file (not for daca)")
     g = add_group(p, "daca")
     g.add_argument("--target", default=None, help="daca: Scores of the post-trained model")
@@ -958,7 +1222,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --cross-fit: new data get one calibrator refit on all rows, not the average",
     )
-    g.add_argument("--seed", type=int, default=0, help="with --cross-fit: seed of the folds")
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the --cross-fit folds, or the conformal / selective hash (default 0)",
+    )
+    _add_guarantee_fit_options(p)
     g = add_group(p, "output")
     g.add_argument("--out", required=True, metavar="FILE", help="output calibrator file (.json)")
     p.set_defaults(func=cmd_fit)
@@ -966,11 +1236,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(
         sub,
         "apply",
-        help="apply a calibrator to Scores → calibrated Scores",
+        help="apply a calibrator to Scores → calibrated Scores (a conformal / selective "
+        "artefact → prediction sets / answer-abstain decisions)",
         description="Apply a calibrator from llmcal fit to Scores; warns when the Scores come "
-        "from another task, model, template or option count than the calibrator was fitted on.",
+        "from another task, model, template or option count than the calibrator was fitted on. "
+        "A conformal artefact writes prediction sets, a selective one answer/abstain decisions.",
     )
-    p.add_argument("calibrator", help="calibrator file (.json) from llmcal fit")
+    p.add_argument("calibrator", help="calibrator or guarantee file (.json) from llmcal fit")
     p.add_argument("scores", help="Scores file (.parquet) to calibrate")
     g = add_group(p, "output")
     g.add_argument("--out", required=True, metavar="FILE", help="output Scores file (.parquet)")
@@ -1073,6 +1345,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated display names, one per run: the RUN files, then the calibrated runs",
     )
+    g = add_group(p, "guarantees")
+    g.add_argument(
+        "--conformal",
+        default=None,
+        metavar="CP.json",
+        help="add coverage of these conformal sets on the last RUN (from llmcal fit conformal)",
+    )
+    g.add_argument(
+        "--selective",
+        default=None,
+        metavar="SEL.json",
+        help="add this selective rule's risk and coverage on the last RUN (llmcal fit selective)",
+    )
     g = add_group(p, "metric")
     g.add_argument("--bins", type=_positive_int, default=15, help="number of ECE bins")
     g.add_argument(
@@ -1120,6 +1405,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "list", help="built-in tasks, templates and bundled models")
     p.set_defaults(func=cmd_list)
     return parser
+
+
+def _add_guarantee_fit_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("conformal (prediction sets with coverage >= 1 - alpha)")
+    g.add_argument("--alpha", type=float, default=None, help="miscoverage level (default 0.1)")
+    g.add_argument("--score", choices=["lac", "aps", "raps"], default=None, help="default lac")
+    g.add_argument(
+        "--randomized", action="store_true", help="aps/raps: randomised tie-breaking (exact)"
+    )
+    g.add_argument("--lam", type=float, default=None, help="raps: size penalty (default 0.01)")
+    g.add_argument("--k-reg", type=int, default=None, help="raps: free set size (default 1)")
+    g = p.add_argument_group("selective (answer when confident; error rate <= risk w.p. 1 - delta)")
+    g.add_argument("--risk", type=float, default=None, help="error-rate bound (default 0.1)")
+    g.add_argument("--delta", type=float, default=None, help="failure probability (0.05)")
+    g.add_argument(
+        "--method",
+        choices=["fixed-sequence", "bonferroni"],
+        default=None,
+        help="multiple testing over the threshold grid (default fixed-sequence)",
+    )
+    g.add_argument("--grid-size", type=int, default=None, help="linear threshold grid (200)")
+    g.add_argument(
+        "--pilot-fraction",
+        type=float,
+        default=None,
+        help="fixed-sequence: share of the split that picks the start (default 0.1)",
+    )
 
 
 def _add_finetune_parser(sub: Any) -> None:

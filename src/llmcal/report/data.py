@@ -275,13 +275,15 @@ def build_report(
     alpha: float = 0.05,
     tolerance: float = DEFAULT_TOLERANCE,
     title: str = "Calibration report",
+    guarantees: Mapping[str, Any] | None = None,
 ) -> Report:
     """Evaluate every run, compare runs on shared questions and record the provenance.
 
     ``runs`` maps display names to labelled Scores, or is a sequence of :class:`ReportRun`
     (which also carries files and calibrators). Metric options are those of
     :func:`llmcal.metrics.evaluate`; ``tolerance`` is the confidence change below which a
-    question counts as unchanged in the drift section.
+    question counts as unchanged in the drift section. ``guarantees`` (from
+    :func:`llmcal.report.guarantees.guarantees_data`) adds the conformal / selective section.
     """
     items = _as_runs(runs)
     b = check_n_bins(n_bins)
@@ -338,6 +340,12 @@ def build_report(
         "drift": drift_data,
         "has_subjects": any(r.scores.subjects is not None for r in items),
     }
+    if guarantees:
+        if guarantees.get("run") not in {r.name for r in items}:
+            raise ConfigError(
+                f"guarantees are for run {guarantees.get('run')!r}, not in the report"
+            )
+        data["guarantees"] = dict(guarantees)
     return Report(data=data, runs=items)
 
 

@@ -395,6 +395,12 @@ def _shift_image(before: Any, after: Any, entry: Mapping[str, Any], plot: Any) -
     return f'<figure style="max-width:460px">{img}<figcaption>{_e(caption)}</figcaption></figure>'
 
 
+def _guarantees(report: Report) -> str:
+    from llmcal.report.guarantees import render_guarantees_html
+
+    return render_guarantees_html(report)
+
+
 _PROVENANCE_ROWS: tuple[tuple[str, str], ...] = (
     ("file", "Scores file"),
     ("model", "Model"),
@@ -488,6 +494,7 @@ def render_html(report: Report) -> str:
         _selective(report),
         _subjects(data),
         _drift(report),
+        _guarantees(report),
         _provenance(data),
     ]
     nav = [
@@ -497,7 +504,10 @@ def render_html(report: Report) -> str:
     ]
     if data["has_subjects"]:
         nav.append(("subjects", "Subjects"))
-    nav += [("drift", "Drift"), ("provenance", "Provenance")]
+    nav.append(("drift", "Drift"))
+    if data.get("guarantees"):
+        nav.append(("guarantees", "Guarantees"))
+    nav.append(("provenance", "Provenance"))
     links = "".join(f'<a href="#{k}">{_e(v)}</a>' for k, v in nav)
     names = ", ".join(r["name"] for r in runs)
     subtitle = (

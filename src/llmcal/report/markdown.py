@@ -185,5 +185,9 @@ def render_markdown(data: Mapping[str, Any]) -> str:
     ]
     if data["has_subjects"]:
         lines += ["### Subjects", "", *_subjects(data), ""]
+    if data.get("guarantees"):
+        from llmcal.report.guarantees import render_guarantees_markdown
+
+        lines += render_guarantees_markdown(data)
     lines += ["### Provenance", "", *_provenance(data), ""]
     return "\n".join(lines)
