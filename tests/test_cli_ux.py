@@ -373,7 +373,9 @@ def test_apply_and_report_warn_about_another_task_model_or_option_count(
     code, _, err = run(capsys, "apply", str(temp), str(five), "--out", str(tmp_path / "f.parquet"))
     assert code == 0 and "template 'daca1'" in err and "template 'chat'" in err
     code, _, err = run(capsys, "apply", str(cal), str(five), "--out", str(tmp_path / "g.parquet"))
-    assert "4 options" in err and "5 options" in err  # then the apply itself fails: K differs
+    # the apply itself fails (K differs): one error line, no redundant warning before it
+    assert code == 2 and err.startswith("llmcal: error: ") and err.count("\n") == 1
+    assert "fitted on 4 options" in err and "have 5" in err
 
 
 def test_eval_warns_below_chance_and_below_half_auroc(
