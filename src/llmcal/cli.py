@@ -9,18 +9,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llmcal._io import atomic_write_text
+from llmcal._io import atomic_write_text, check_writable_dir
 from llmcal._version import __version__
-from llmcal.errors import ConfigError, LLMCalError
+from llmcal.errors import ConfigError, LLMCalError, ScoresError, one_line, quote
 
 EXIT_USAGE = 2
+
+#: Upper bounds of size arguments, checked before any work (a run with --resamples 10**9 once
+#: grew to 15 GB): histogram / ECE bins and bootstrap resamples.
+MAX_BINS = 1000
+MAX_RESAMPLES = 100_000
+#: Seeds: non-negative and below 2**32 (what numpy's legacy seeding, used by the trainer, takes).
+MAX_SEED = 2**32 - 1
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -34,17 +43,114 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _bounded_int(lo: int, hi: int, what: str = "an integer") -> Any:
+    """An argparse type: an integer in ``lo..hi``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {quote(text)}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected {what} in {lo}..{hi}, got {quote(value)}")
+        return value
+
+    return parse
+
+
+def _finite_float(lo: float, hi: float, *, open_lo: bool = False) -> Any:
+    """An argparse type: a finite float in ``[lo, hi]`` (``(lo, hi]`` with ``open_lo``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {quote(text)}") from None
+        low_ok = value > lo if open_lo else value >= lo
+        if not (math.isfinite(value) and low_ok and value <= hi):
+            left = "(" if open_lo else "["
+            raise argparse.ArgumentTypeError(
+                f"expected a finite number in {left}{lo:g}, {hi:g}], got {quote(text)}"
+            )
+        return value
+
+    return parse
+
+
+_seed = _bounded_int(0, MAX_SEED, "a non-negative integer seed")
+_fraction = _finite_float(0.0, 1.0)
+_DEVICE_RE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?|xpu(:\d+)?)")
+
+
+def _device(text: str) -> str:
+    """An argparse type: ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N`` (checked before
+    anything loads, so a typo never costs a model load)."""
+    if not _DEVICE_RE.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"unknown device {quote(text)}; use auto, cpu, cuda, cuda:N or mps"
+        )
+    return text
+
+
 def _out_path(path: str, suffixes: Sequence[str], flag: str) -> Path:
     """Check an output path before any expensive work: right suffix, writable folder."""
     out = Path(path)
     if out.suffix.lower() not in suffixes:
-        raise ConfigError(f"{flag} {path!r}: expected a {' or '.join(suffixes)} file")
-    parent = out.parent if str(out.parent) else Path(".")
-    if parent.exists() and not parent.is_dir():
-        raise ConfigError(f"{flag} {path!r}: {parent} is not a directory")
+        raise ConfigError(f"{flag} {quote(path)}: expected a {' or '.join(suffixes)} file")
     if out.is_dir():
-        raise ConfigError(f"{flag} {path!r} is a directory; give a file name")
+        raise ConfigError(f"{flag} {quote(path)} is a directory; give a file name")
+    check_writable_dir(out.parent, f"{flag} {quote(path)}")
     return out
+
+
+#: Per command: the arguments naming files it reads, and those naming files it writes.
+#: :func:`_check_paths` refuses an output that is one of the inputs (through symlinks too).
+_PATH_ARGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "score": (("task", "model", "adapter"), ("out",)),
+    "eval": (("scores",), ("json", "plot")),
+    "fit": (("scores", "target", "reference"), ("out",)),
+    "apply": (("calibrator", "scores"), ("out",)),
+    "report": (("runs", "calibrator"), ("out",)),
+    "finetune": (("task", "model"), ("out",)),
+}
+
+
+def _paths_of(args: argparse.Namespace, names: Sequence[str]) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    for name in names:
+        value = getattr(args, name, None)
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str) and v:
+                found.append((f"--{name}" if name in ("out", "json", "plot") else name, v))
+    return found
+
+
+def _same_file(a: str, b: str) -> bool:
+    pa, pb = Path(a), Path(b)
+    try:
+        if pa.resolve() == pb.resolve():
+            return True
+        return pa.exists() and pb.exists() and os.path.samefile(pa, pb)
+    except (OSError, RuntimeError):  # a symlink loop: the output could not be written anyway
+        return False
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Refuse a command whose output would overwrite one of its own inputs."""
+    inputs, outputs = _PATH_ARGS.get(args.command, ((), ()))
+    ins = _paths_of(args, inputs)
+    outs = _paths_of(args, outputs)
+    if args.command == "score":  # the checkpoint beside --out is written too
+        from llmcal.models.checkpoint import checkpoint_path
+
+        outs += [("the checkpoint of --out", str(checkpoint_path(v))) for _, v in list(outs)]
+    for flag, out in outs:
+        for name, src in ins:
+            if _same_file(out, src):
+                raise ConfigError(
+                    f"{flag} {quote(out)} is also the input {name} {quote(src)}; writing it would "
+                    "replace the input. Choose another output path"
+                )
 
 
 def _load_task(args: argparse.Namespace) -> Any:
@@ -63,6 +169,19 @@ def _load_task(args: argparse.Namespace) -> Any:
         if not len(task):
             raise ConfigError(f"task {args.task!r} has no questions of subject(s) {args.subject}")
     return task
+
+
+def _load_scores(path: str, command: str) -> Any:
+    """``Scores.load(path)``, refusing a file without rows (nothing to measure or calibrate)."""
+    from llmcal.scores import Scores
+
+    scores = Scores.load(path)
+    if len(scores) == 0:
+        raise ScoresError(
+            f"{path} holds no questions (0 rows), so there is nothing to {command}; "
+            "score some questions first (llmcal score ... --out RUN.parquet)"
+        )
+    return scores
 
 
 def _print(*parts: Any) -> None:
@@ -178,11 +297,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Print calibration metrics of a Scores file; optionally write JSON and a diagram."""
     from llmcal.metrics import evaluate
     from llmcal.report.tables import render, summary_table
-    from llmcal.scores import Scores
 
     json_out = _out_path(args.json, [".json"], "--json") if args.json else None
     plot_out = _out_path(args.plot, [".png"], "--plot") if args.plot else None
-    scores = Scores.load(args.scores)
+    scores = _load_scores(args.scores, "evaluate")
     result = evaluate(
         scores,
         n_bins=args.bins,
@@ -237,7 +355,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit a calibrator on Scores and save it as a JSON artefact."""
     from llmcal.calibrate import CALIBRATORS, DACA
-    from llmcal.scores import Scores
 
     out = _out_path(args.out, [".json"], "--out")
     if args.kind == "daca":
@@ -246,7 +363,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
                 "llmcal fit daca takes --target POLM.parquet --reference PLM.parquet (no positional file)"
             )
         cal: Any = DACA(scaler=args.scaler, mask=args.mask, parity=args.parity, align=args.align)
-        cal.fit(target=Scores.load(args.target), reference=Scores.load(args.reference))
+        cal.fit(
+            target=_load_scores(args.target, "fit"), reference=_load_scores(args.reference, "fit")
+        )
     else:
         if not args.scores or args.target or args.reference:
             raise ConfigError(
@@ -254,7 +373,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
                 "RUN.parquet --out cal.json (--target/--reference are for daca)"
             )
         options = {"n_bins": args.bins} if args.kind == "histogram" else {}
-        cal = CALIBRATORS[args.kind](**options).fit(Scores.load(args.scores))
+        cal = CALIBRATORS[args.kind](**options).fit(_load_scores(args.scores, "fit"))
     cal.save(out)
     params = cal.get_params()
     shown = {k: v for k, v in params.items() if not isinstance(v, list) or len(v) <= 8}
@@ -267,11 +386,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_apply(args: argparse.Namespace) -> int:
     """Apply a saved calibrator to Scores and save the calibrated Scores."""
     from llmcal.calibrate import load_calibrator
-    from llmcal.scores import Scores
 
     out = _out_path(args.out, [".parquet"], "--out")
     cal = load_calibrator(args.calibrator)
-    scores = Scores.load(args.scores)
+    scores = _load_scores(args.scores, "calibrate")
     calibrated = cal.transform(scores)
     calibrated.save(out)
     line = f"applied {cal.kind} to {len(scores)} questions"
@@ -308,7 +426,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Write a calibration report (HTML, JSON or Markdown) of one or more Scores files."""
     from llmcal.calibrate import load_calibrator
     from llmcal.report.data import FORMATS, ReportRun, build_report, format_for_path
-    from llmcal.scores import Scores
 
     fmt = args.format
     if fmt is None:
@@ -321,7 +438,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     labels = _report_labels(args.labels, len(args.runs) + len(calibrators), len(args.runs))
     runs: list[ReportRun] = []
     for i, path in enumerate(args.runs):
-        scores = Scores.load(path)
+        scores = _load_scores(path, "report")
         name = labels[i] if labels else Path(path).stem
         taken = {r.name for r in runs}
         if not labels and name in taken:
@@ -442,15 +559,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=_positive_int, default=None, help="score at most N questions")
     p.add_argument(
-        "--seed", type=int, default=0, help="seed of the shuffle before --limit and of --shots"
+        "--seed", type=_seed, default=0, help="seed of the shuffle before --limit and of --shots"
     )
     p.add_argument(
         "--no-shuffle", action="store_true", help="with --limit, take the first N questions"
     )
     p.add_argument("--adapter", default=None, help="PEFT adapter directory")
     p.add_argument("--batch-size", type=_positive_int, default=8)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
-    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:1, …")
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="weights dtype (auto: bfloat16 on a GPU that has it, else float32)",
+    )
     p.add_argument(
         "--trust-remote-code", action="store_true", help="allow custom model code from the hub"
     )
@@ -475,8 +597,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key-env", default=None, metavar="VAR", help="environment variable with the API key"
     )
     p.add_argument("--concurrency", type=_positive_int, default=4, help="requests in flight")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request attempt")
-    p.add_argument("--retries", type=int, default=5, help="retries per request (backoff+jitter)")
+    p.add_argument(
+        "--timeout",
+        type=_finite_float(0, 3600, open_lo=True),
+        default=30.0,
+        help="seconds per request attempt",
+    )
+    p.add_argument(
+        "--retries",
+        type=_bounded_int(0, 100),
+        default=5,
+        help="retries per request (backoff+jitter)",
+    )
     p.add_argument("--top-k", type=_positive_int, default=20, help="top log-probs to request")
     p.add_argument(
         "--chunk-size",
@@ -494,11 +626,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="calibration metrics of a Scores file")
     p.add_argument("scores", help="Scores file (.parquet) from llmcal score")
-    p.add_argument("--bins", type=_positive_int, default=15)
+    p.add_argument("--bins", type=_bounded_int(1, MAX_BINS), default=15, help=f"1..{MAX_BINS}")
     p.add_argument("--binning", choices=["width", "mass"], default="width")
     p.add_argument("--no-ci", action="store_true", help="skip the bootstrap confidence interval")
-    p.add_argument("--resamples", type=_positive_int, default=1000, help="bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument(
+        "--resamples",
+        type=_bounded_int(1, MAX_RESAMPLES),
+        default=1000,
+        help=f"bootstrap resamples (1..{MAX_RESAMPLES})",
+    )
+    p.add_argument("--seed", type=_seed, default=0, help="bootstrap seed")
     p.add_argument("--subjects", action="store_true", help="also print the per-subject table")
     p.add_argument("--json", default=None, help="write all metrics to this .json file")
     p.add_argument("--plot", default=None, help="write a reliability diagram to this .png file")
@@ -527,7 +664,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="exact",
         help="daca: require the same questions, or use the common ones",
     )
-    p.add_argument("--bins", type=_positive_int, default=15, help="histogram: number of bins")
+    p.add_argument(
+        "--bins", type=_bounded_int(1, MAX_BINS), default=15, help="histogram: number of bins"
+    )
     p.add_argument("--out", required=True, help="output calibrator file (.json)")
     p.set_defaults(func=cmd_fit)
 
@@ -565,13 +704,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="output format (default: from the --out suffix)",
     )
     p.add_argument("--title", default="Calibration report", help="report title")
-    p.add_argument("--bins", type=_positive_int, default=15)
+    p.add_argument("--bins", type=_bounded_int(1, MAX_BINS), default=15, help=f"1..{MAX_BINS}")
     p.add_argument("--binning", choices=["width", "mass"], default="width")
-    p.add_argument("--resamples", type=_positive_int, default=1000, help="bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument(
+        "--resamples",
+        type=_bounded_int(1, MAX_RESAMPLES),
+        default=1000,
+        help=f"bootstrap resamples (1..{MAX_RESAMPLES})",
+    )
+    p.add_argument("--seed", type=_seed, default=0, help="bootstrap seed")
     p.add_argument(
         "--tolerance",
-        type=float,
+        type=_fraction,
         default=0.01,
         help="drift: confidence changes up to this count as unchanged",
     )
@@ -582,8 +726,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="score both bundled models on the synthetic task")
     p.add_argument("--out-dir", default="llmcal-demo", help="where Scores and the diagram go")
-    p.add_argument("--n", type=_positive_int, default=300, help="number of synthetic questions")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--n", type=_bounded_int(1, 100_000), default=300, help="number of synthetic questions"
+    )
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.set_defaults(func=cmd_demo)
 
@@ -611,18 +757,29 @@ def _add_finetune_parser(sub: Any) -> None:
     p.add_argument("--subject", action="append", default=None, help="keep only this subject")
     p.add_argument("--method", choices=list(METHODS), default="sft")
     p.add_argument("--loss", choices=BASE_LOSSES, default=None, help="override the base loss")
-    p.add_argument("--alpha", type=float, default=None, help="weight of the calibration term")
-    p.add_argument("--margin", type=float, default=10.0, help="MbLS margin")
-    p.add_argument("--style-steps", type=int, default=None, help="CogCalib plain-CE steps first")
+    p.add_argument(
+        "--alpha", type=_finite_float(0, 1e6), default=None, help="weight of the calibration term"
+    )
+    p.add_argument("--margin", type=_finite_float(0, 1e6), default=10.0, help="MbLS margin")
+    p.add_argument(
+        "--style-steps",
+        type=_bounded_int(0, 10**9),
+        default=None,
+        help="CogCalib plain-CE steps first",
+    )
     p.add_argument("--refresh-every", type=_positive_int, default=None, help="threshold refresh")
     p.add_argument("--lora-r", type=_positive_int, default=8)
     p.add_argument("--lora-alpha", type=_positive_int, default=None, help="default 2 × r")
     p.add_argument("--lora-targets", default=None, help="comma-separated module names")
-    p.add_argument("--lr", type=float, default=1e-4, help="learning rate")
+    p.add_argument(
+        "--lr", type=_finite_float(0, 10, open_lo=True), default=1e-4, help="learning rate"
+    )
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--grad-accum", type=_positive_int, default=1)
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=float, default=None, help="default 1")
+    length.add_argument(
+        "--epochs", type=_finite_float(0, 1e6, open_lo=True), default=None, help="default 1"
+    )
     length.add_argument("--max-steps", type=_positive_int, default=None)
     p.add_argument("--max-length", type=_positive_int, default=None, help="truncate prompts")
     p.add_argument(
@@ -632,14 +789,14 @@ def _add_finetune_parser(sub: Any) -> None:
     )
     p.add_argument("--template", default=DEFAULT_TEMPLATE, help="zero-shot prompt template")
     p.add_argument("--limit", type=_positive_int, default=None, help="use at most N questions")
-    p.add_argument("--cal-fraction", type=float, default=None, help="default .1 for cogcalib")
-    p.add_argument("--test-fraction", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0, help="seed of the split and the training")
+    p.add_argument("--cal-fraction", type=_fraction, default=None, help="default .1 for cogcalib")
+    p.add_argument("--test-fraction", type=_fraction, default=0.2)
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the split and the training")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--save-steps", type=_positive_int, default=50, help="checkpoint interval")
     p.add_argument("--keep-checkpoints", action="store_true")
     p.add_argument("--no-eval", action="store_true", help="skip the before / after table")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", type=_device, default="auto")
     p.add_argument("--out", required=True, help="adapter folder to write")
     p.set_defaults(func=cmd_finetune)
 
@@ -651,9 +808,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "data_dir", None) is None and "LLMCAL_DATA_DIR" in os.environ:
         args.data_dir = os.environ["LLMCAL_DATA_DIR"]
     try:
+        _check_paths(args)
         return int(args.func(args))
     except LLMCalError as exc:
-        print(f"llmcal: error: {exc}", file=sys.stderr)
+        print(f"llmcal: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("llmcal: interrupted", file=sys.stderr)
