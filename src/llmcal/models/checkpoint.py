@@ -134,8 +134,10 @@ class Checkpoint:
         if not raw.strip():  # an empty file (left by an older llmcal): nothing to resume
             self.path.unlink()
             return
-        if not records or records[0].get("llmcal_checkpoint") != FORMAT or not isinstance(
-            records[0].get("key"), dict
+        if (
+            not records
+            or records[0].get("llmcal_checkpoint") != FORMAT
+            or not isinstance(records[0].get("key"), dict)
         ):
             raise ConfigError(
                 f"{self.path} is not an llmcal checkpoint of this version; delete it (or pass "

@@ -129,7 +129,7 @@ def _canonical_question(rec: Any, where: str, default_id: str) -> Question:
         raise DataError(
             f"{where}: field 'id' must be a non-empty string, got {quote(qid)}; quote it"
         )
-    question = rec.get("question")
+    question: Any = rec.get("question")
     if "question" not in rec:
         raise DataError(f"{where}: field 'question' is missing; add the question text")
     problem = _text_problem(question)
