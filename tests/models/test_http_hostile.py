@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fake_openai import HOSTILE, FakeOpenAI
 
 from cli_helpers import assert_user_error, run
+from fake_openai import HOSTILE, FakeOpenAI
 from llmcal.errors import ConfigError, EndpointError
 from llmcal.models.checkpoint import checkpoint_path
 from llmcal.models.http import HTTPScorer, scrub
