@@ -88,5 +88,6 @@ def one_line(message: str, limit: int = MESSAGE_LIMIT) -> str:
     """``message`` on one line (newlines and control characters become spaces), cut to ``limit``."""
     flat = "".join(c if c.isprintable() else " " for c in message)
     if len(flat) > limit:
-        flat = flat[: limit - 30] + f"… [{len(flat) - limit + 30} more characters cut]"
+        tail = f"… [{len(flat)} characters, cut]"
+        flat = flat[: limit - len(tail)] + tail
     return flat
