@@ -103,8 +103,6 @@ def test_a_failed_write_is_an_output_error_and_leaves_nothing(tmp_path: Path) ->
         ["eval", "R", "--seed", str(2**40)],
         ["eval", "R", "--bins", "100000"],
         ["eval", "R", "--resamples", "1000000000"],
-        ["report", "R", "--out", "r.html", "--tolerance", "nan"],
-        ["report", "R", "--out", "r.html", "--tolerance", "inf"],
         ["finetune", "--model", "m", "--task", "t", "--out", "o", "--cal-fraction", "nan"],
         ["finetune", "--model", "m", "--task", "t", "--out", "o", "--test-fraction", "1.5"],
         ["finetune", "--model", "m", "--task", "t", "--out", "o", "--lr", "nan"],
@@ -123,6 +121,15 @@ def test_out_of_bounds_arguments_exit_2_before_any_work(
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "error: argument" in err and "Traceback" not in err
+
+
+def test_a_nan_tolerance_is_a_one_line_error(
+    tmp_path: Path, run_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "r.html"
+    code, _, err = run(capsys, "report", str(run_file), "--out", str(out), "--tolerance", "nan")
+    assert_user_error(code, err, "tolerance")
+    assert not out.exists()
 
 
 def test_device_names_are_checked_by_the_library_too() -> None:

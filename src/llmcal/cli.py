@@ -715,7 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0, help="bootstrap seed")
     p.add_argument(
         "--tolerance",
-        type=_fraction,
+        type=float,  # checked (finite, in [0, 1)) by build_report before any metric is computed
         default=0.01,
         help="drift: confidence changes up to this count as unchanged",
     )
