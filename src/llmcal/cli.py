@@ -494,6 +494,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Score both bundled models on the synthetic task and compare their calibration."""
     from llmcal.demo import run_demo
 
+    check_writable_dir(args.out_dir, f"--out-dir {quote(args.out_dir)}")  # before the models load
     run_demo(out_dir=Path(args.out_dir), n=args.n, seed=args.seed, batch_size=args.batch_size)
     return 0
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llmcal._io import atomic_write_text
+from llmcal._io import atomic_write_text, check_writable_dir
 from llmcal.errors import ConfigError
 from llmcal.finetune.config import FinetuneConfig
 from llmcal.tasks.types import Task
@@ -28,6 +28,7 @@ def check_adapter_out(path: str) -> Path:
     parent = out.parent if str(out.parent) else Path(".")
     if parent.exists() and not parent.is_dir():
         raise ConfigError(f"--out {path!r}: {parent} is not a directory")
+    check_writable_dir(out if out.is_dir() else parent, f"--out {path!r}")
     return out
 
 
