@@ -759,7 +759,10 @@ def _add_finetune_parser(sub: Any) -> None:
     p.add_argument("--method", choices=list(METHODS), default="sft")
     p.add_argument("--loss", choices=BASE_LOSSES, default=None, help="override the base loss")
     p.add_argument(
-        "--alpha", type=_finite_float(0, 1e6), default=None, help="weight of the calibration term"
+        "--alpha",
+        type=_finite_float(-1e6, 1e6),
+        default=None,
+        help="weight of the calibration term",
     )
     p.add_argument("--margin", type=_finite_float(0, 1e6), default=10.0, help="MbLS margin")
     p.add_argument(
