@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -18,11 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from llmcal._cliutil import Parser
-from llmcal._io import atomic_write_text
+from llmcal._io import atomic_write_text, check_writable_dir
 from llmcal._version import __version__
-from llmcal.errors import ConfigError, LLMCalError
+from llmcal.errors import ConfigError, LLMCalError, ScoresError, one_line, quote
 
 EXIT_USAGE = 2
+#: Upper bounds of size arguments, checked before any work (a run with --resamples 10**9 once
+#: grew to 15 GB): histogram / ECE bins and bootstrap resamples.
+MAX_BINS = 1000
+MAX_RESAMPLES = 100_000
+#: Seeds: non-negative and below 2**32 (what numpy's legacy seeding, used by the trainer, takes).
+MAX_SEED = 2**32 - 1
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -36,17 +43,115 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _bounded_int(lo: int, hi: int, what: str = "an integer") -> Any:
+    """An argparse type: an integer in ``lo..hi``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {quote(text)}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected {what} in {lo}..{hi}, got {quote(value)}")
+        return value
+
+    return parse
+
+
+def _finite_float(lo: float, hi: float, *, open_lo: bool = False) -> Any:
+    """An argparse type: a finite float in ``[lo, hi]`` (``(lo, hi]`` with ``open_lo``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {quote(text)}") from None
+        low_ok = value > lo if open_lo else value >= lo
+        if not (math.isfinite(value) and low_ok and value <= hi):
+            left = "(" if open_lo else "["
+            raise argparse.ArgumentTypeError(
+                f"expected a finite number in {left}{lo:g}, {hi:g}], got {quote(text)}"
+            )
+        return value
+
+    return parse
+
+
+_seed = _bounded_int(0, MAX_SEED, "a non-negative integer seed")
+_fraction = _finite_float(0.0, 1.0)
+_DEVICE_RE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?|xpu(:\d+)?)")
+
+
+def _device(text: str) -> str:
+    """An argparse type: ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N`` (checked before
+    anything loads, so a typo never costs a model load)."""
+    if not _DEVICE_RE.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"unknown device {quote(text)}; use auto, cpu, cuda, cuda:N or mps"
+        )
+    return text
+
+
 def _out_path(path: str, suffixes: Sequence[str], flag: str) -> Path:
     """Check an output path before any expensive work: right suffix, writable folder."""
     out = Path(path)
     if out.suffix.lower() not in suffixes:
-        raise ConfigError(f"{flag} {path!r}: expected a {' or '.join(suffixes)} file")
-    parent = out.parent if str(out.parent) else Path(".")
-    if parent.exists() and not parent.is_dir():
-        raise ConfigError(f"{flag} {path!r}: {parent} is not a directory")
+        raise ConfigError(f"{flag} {quote(path)}: expected a {' or '.join(suffixes)} file")
     if out.is_dir():
-        raise ConfigError(f"{flag} {path!r} is a directory; give a file name")
+        raise ConfigError(f"{flag} {quote(path)} is a directory; give a file name")
+    check_writable_dir(out.parent, f"{flag} {quote(path)}")
     return out
+
+
+#: Per command: the arguments naming files it reads, and those naming files it writes.
+#: :func:`_check_paths` refuses an output that is one of the inputs (through symlinks too).
+_PATH_ARGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "score": (("task", "model", "adapter"), ("out",)),
+    "eval": (("scores",), ("json", "plot")),
+    "fit": (("scores", "target", "reference"), ("out", "oof")),
+    "apply": (("calibrator", "scores"), ("out",)),
+    "report": (("runs", "calibrator", "conformal", "selective"), ("out",)),
+    "import": (("samples", "responses", "results", "task"), ("out",)),
+    "finetune": (("task", "model"), ("out",)),
+}
+
+
+def _paths_of(args: argparse.Namespace, names: Sequence[str]) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    for name in names:
+        value = getattr(args, name, None)
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str) and v:
+                found.append((f"--{name}" if name in ("out", "json", "plot", "oof") else name, v))
+    return found
+
+
+def _same_file(a: str, b: str) -> bool:
+    pa, pb = Path(a), Path(b)
+    try:
+        if pa.resolve() == pb.resolve():
+            return True
+        return pa.exists() and pb.exists() and os.path.samefile(pa, pb)
+    except (OSError, RuntimeError):  # a symlink loop: the output could not be written anyway
+        return False
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Refuse a command whose output would overwrite one of its own inputs."""
+    inputs, outputs = _PATH_ARGS.get(args.command, ((), ()))
+    ins = _paths_of(args, inputs)
+    outs = _paths_of(args, outputs)
+    if args.command == "score":  # the checkpoint beside --out is written too
+        from llmcal.models.checkpoint import checkpoint_path
+
+        outs += [("the checkpoint of --out", str(checkpoint_path(v))) for _, v in list(outs)]
+    for flag, out in outs:
+        for name, src in ins:
+            if _same_file(out, src):
+                raise ConfigError(
+                    f"{flag} {quote(out)} is also the input {name} {quote(src)}; writing it would "
+                    "replace the input. Choose another output path"
+                )
 
 
 def _load_task(args: argparse.Namespace, spec: str | None = None) -> Any:
@@ -66,6 +171,19 @@ def _load_task(args: argparse.Namespace, spec: str | None = None) -> Any:
         if not len(task):
             raise ConfigError(f"task {spec!r} has no questions of subject(s) {args.subject}")
     return task
+
+
+def _load_scores(path: str, command: str) -> Any:
+    """``Scores.load(path)``, refusing a file without rows (nothing to measure or calibrate)."""
+    from llmcal.scores import Scores
+
+    scores = Scores.load(path)
+    if len(scores) == 0:
+        raise ScoresError(
+            f"{path} holds no questions (0 rows), so there is nothing to {command}; "
+            "score some questions first (llmcal score ... --out RUN.parquet)"
+        )
+    return scores
 
 
 def _print(*parts: Any) -> None:
@@ -161,7 +279,7 @@ def _score_one(args: argparse.Namespace, scorer: Any, task: Any, out: Path) -> N
         extra_key=extra,
     )
     mode = args.mode + (f" ({args.normalization})" if args.mode == "cloze" else "")
-    note(
+    runner.announce = (
         f"scoring {args.model} on {task.name}: n={len(task)}, mode {mode}, template "
         f"{template.name}"
         + (f", {args.shots} shots" if args.shots else "")
@@ -323,7 +441,6 @@ def _warn_eval(scores: Any, result: dict[str, Any]) -> None:
 def _load_scores_or_table(args: argparse.Namespace) -> Any:
     """A Scores file, or with --foreign / --columns a plain table of probabilities or logits."""
     from llmcal.errors import ScoresError
-    from llmcal.scores import Scores
 
     if not (args.foreign or args.columns):
         if Path(args.scores).suffix.lower() in (".csv", ".tsv"):
@@ -332,7 +449,7 @@ def _load_scores_or_table(args: argparse.Namespace) -> Any:
                 "probabilities as they are (and --columns to name its columns)"
             )
         try:
-            return Scores.load(args.scores)
+            return _load_scores(args.scores, "evaluate")
         except ScoresError as exc:
             if "no llmcal metadata" not in str(exc):
                 raise
@@ -353,7 +470,6 @@ def _load_scores_or_table(args: argparse.Namespace) -> Any:
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit a calibrator on Scores and save it as a JSON artefact."""
     from llmcal.calibrate import CALIBRATORS
-    from llmcal.scores import Scores
 
     out = _out_path(args.out, [".json"], "--out")
     _check_guarantee_flags(args)
@@ -371,8 +487,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
                 "llmcal fit daca takes --target POLM.parquet --reference PLM.parquet (no positional file)"
             )
         cal: Any = _daca_calibrator(args)
-        fit_on = Scores.load(args.target)
-        cal.fit(target=fit_on, reference=Scores.load(args.reference))
+        fit_on = _load_scores(args.target, "fit")
+        cal.fit(target=fit_on, reference=_load_scores(args.reference, "fit"))
     else:
         if not args.scores or args.target or args.reference:
             raise ConfigError(
@@ -382,7 +498,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         options = {"n_bins": args.bins} if args.kind == "histogram" else {}
         if args.cross_fit:
             return _fit_cross(args, CALIBRATORS[args.kind](**options), out)
-        fit_on = Scores.load(args.scores)
+        fit_on = _load_scores(args.scores, "fit")
         cal = CALIBRATORS[args.kind](**options).fit(fit_on)
     cal.save(out)
     for line in _fit_summary(args.kind, cal, fit_on):
@@ -473,10 +589,9 @@ def _daca_calibrator(args: argparse.Namespace) -> Any:
 def _fit_cross(args: argparse.Namespace, base: Any, out: Path) -> int:
     """``llmcal fit KIND RUN --cross-fit K``: k-fold fits, out-of-fold calibrated Scores."""
     from llmcal.calibrate import CrossFitted
-    from llmcal.scores import Scores
 
     oof_out = _out_path(args.oof, [".parquet"], "--oof") if args.oof else None
-    scores = Scores.load(args.scores)
+    scores = _load_scores(args.scores, "fit")
     cal = CrossFitted(
         base, n_splits=args.cross_fit, ensemble=not args.no_ensemble, seed=args.seed or 0
     )
@@ -505,7 +620,6 @@ def _fit_cross(args: argparse.Namespace, base: Any, out: Path) -> int:
 def cmd_apply(args: argparse.Namespace) -> int:
     """Apply a saved calibrator to Scores and save the calibrated Scores."""
     from llmcal.calibrate import load_calibrator
-    from llmcal.scores import Scores
 
     out = _out_path(args.out, [".parquet"], "--out")
     if _apply_guarantee(args, out):
@@ -513,7 +627,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from llmcal.calibrate.checks import warn_misapplied
 
     cal = load_calibrator(args.calibrator)
-    scores = Scores.load(args.scores)
+    scores = _load_scores(args.scores, "calibrate")
     calibrated = cal.transform(scores)  # an error here says more than a mismatch warning
     warn_misapplied(cal, scores, str(args.calibrator))
     calibrated.save(out)
@@ -571,11 +685,10 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_split(args: argparse.Namespace) -> int:
     """Split a Scores file into seeded (stratified) parts, e.g. cal and test."""
-    from llmcal.scores import Scores
     from llmcal.splits import parse_fractions, save_splits, split_scores
 
     fractions = parse_fractions(args.fractions)
-    scores = Scores.load(args.scores)
+    scores = _load_scores(args.scores, "split")
     parts = split_scores(scores, fractions, seed=args.seed, stratify=args.stratify)
     how = next(iter(parts.values())).meta["split"]["stratify"]
     strata = ""
@@ -615,7 +728,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     from llmcal.calibrate import load_calibrator
     from llmcal.calibrate.checks import warn_misapplied
     from llmcal.report.data import FORMATS, ReportRun, build_report, format_for_path
-    from llmcal.scores import Scores
 
     fmt = args.format
     if fmt is None:
@@ -628,7 +740,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     labels = _report_labels(args.labels, len(args.runs) + len(calibrators), len(args.runs))
     runs: list[ReportRun] = []
     for i, path in enumerate(args.runs):
-        scores = Scores.load(path)
+        scores = _load_scores(path, "report")
         name = labels[i] if labels else Path(path).stem
         taken = {r.name for r in runs}
         if not labels and name in taken:
@@ -697,7 +809,6 @@ def _check_guarantee_flags(args: argparse.Namespace) -> None:
 def _fit_guarantee(args: argparse.Namespace, out: Path) -> int:
     """`llmcal fit conformal|selective`: fit on a labelled calibration split, save the JSON."""
     from llmcal.calibrate import ConformalPredictor, SelectiveRisk
-    from llmcal.scores import Scores
 
     if not args.scores:
         raise ConfigError(
@@ -723,7 +834,7 @@ def _fit_guarantee(args: argparse.Namespace, out: Path) -> int:
             pilot_fraction=0.1 if args.pilot_fraction is None else args.pilot_fraction,
             seed=seed,
         )
-    g.fit(Scores.load(args.scores))
+    g.fit(_load_scores(args.scores, "fit"))
     g.save(out)
     info = g.fit_info_ or {}
     if args.kind == "conformal":
@@ -761,12 +872,11 @@ def _fit_guarantee(args: argparse.Namespace, out: Path) -> int:
 def _apply_guarantee(args: argparse.Namespace, out: Path) -> bool:
     """`llmcal apply` with a guarantee artefact: write prediction sets or decisions."""
     from llmcal.calibrate.guarantee import FORMAT, artefact_format, load_guarantee
-    from llmcal.scores import Scores
 
     if artefact_format(args.calibrator) != FORMAT:
         return False
     g: Any = load_guarantee(args.calibrator)
-    scores = Scores.load(args.scores)
+    scores = _load_scores(args.scores, "apply it to")
     if g.kind == "conformal":
         sets = g.predict_sets(scores)
         sets.save(out)
@@ -909,6 +1019,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Score both bundled models on the synthetic task and compare their calibration."""
     from llmcal.demo import run_demo
 
+    check_writable_dir(args.out_dir, f"--out-dir {quote(args.out_dir)}")  # before the models load
     run_demo(out_dir=Path(args.out_dir), n=args.n, seed=args.seed, batch_size=args.batch_size)
     return 0
 
@@ -987,8 +1098,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--adapter", default=None, help="PEFT adapter directory")
     g.add_argument("--batch-size", type=_positive_int, default=8, help="questions per forward pass")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
-    g.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    g.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    g.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="weights dtype (auto: bfloat16 on a GPU that has it, else float32)",
+    )
     g.add_argument(
         "--trust-remote-code", action="store_true", help="allow custom model code from the hub"
     )
@@ -1019,7 +1135,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="score at most N questions; 0 < N < 1 is a fraction of the task (as lm-eval)",
     )
     g.add_argument(
-        "--seed", type=int, default=0, help="seed of the shuffle before --limit and of --shots"
+        "--seed", type=_seed, default=0, help="seed of the shuffle before --limit and of --shots"
     )
     g.add_argument(
         "--no-shuffle", action="store_true", help="with --limit, take the first N questions"
@@ -1067,8 +1183,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key-env", default=None, metavar="VAR", help="environment variable with the API key"
     )
     g.add_argument("--concurrency", type=_positive_int, default=4, help="requests in flight")
-    g.add_argument("--timeout", type=float, default=30.0, help="seconds per request attempt")
-    g.add_argument("--retries", type=int, default=5, help="retries per request (backoff+jitter)")
+    g.add_argument(
+        "--timeout",
+        type=_finite_float(0, 3600, open_lo=True),
+        default=30.0,
+        help="seconds per request attempt",
+    )
+    g.add_argument(
+        "--retries",
+        type=_bounded_int(0, 100),
+        default=5,
+        help="retries per request (backoff+jitter)",
+    )
     g.add_argument("--top-k", type=_positive_int, default=20, help="top log-probs to request")
     g = add_group(p, "checkpoint")
     g.add_argument(
@@ -1102,7 +1228,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("scores", help="Scores file (.parquet) from llmcal score")
     g = add_group(p, "metric")
-    g.add_argument("--bins", type=_positive_int, default=15, help="number of ECE bins")
+    g.add_argument(
+        "--bins",
+        type=_bounded_int(1, MAX_BINS),
+        default=15,
+        help=f"number of ECE bins (1..{MAX_BINS})",
+    )
     g.add_argument(
         "--binning",
         choices=["width", "mass"],
@@ -1110,8 +1241,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="equal-width or equal-mass ECE bins",
     )
     g.add_argument("--no-ci", action="store_true", help="skip the bootstrap confidence interval")
-    g.add_argument("--resamples", type=_positive_int, default=1000, help="bootstrap resamples")
-    g.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    g.add_argument(
+        "--resamples",
+        type=_bounded_int(1, MAX_RESAMPLES),
+        default=1000,
+        help=f"bootstrap resamples (1..{MAX_RESAMPLES})",
+    )
+    g.add_argument("--seed", type=_seed, default=0, help="bootstrap seed")
     g = add_group(p, "output")
     g.add_argument("--subjects", action="store_true", help="also print the per-subject table")
     g.add_argument(
@@ -1202,7 +1338,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="pooled",
         help="daca --per-subject: τ for subjects not in the fit (pooled DACA τ, 1, or fail)",
     )
-    g.add_argument("--bins", type=_positive_int, default=15, help="histogram: number of bins")
+    g.add_argument(
+        "--bins", type=_bounded_int(1, MAX_BINS), default=15, help="histogram: number of bins"
+    )
     g = add_group(p, "cross-fitting")
     g.add_argument(
         "--cross-fit",
@@ -1312,7 +1450,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fractions", required=True, help="NAME=FRACTION pairs summing to 1, e.g. cal=0.3,test=0.7"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the shuffle")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the shuffle")
     p.add_argument(
         "--stratify",
         choices=["auto", "subject", "label", "none"],
@@ -1359,15 +1497,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="add this selective rule's risk and coverage on the last RUN (llmcal fit selective)",
     )
     g = add_group(p, "metric")
-    g.add_argument("--bins", type=_positive_int, default=15, help="number of ECE bins")
+    g.add_argument(
+        "--bins",
+        type=_bounded_int(1, MAX_BINS),
+        default=15,
+        help=f"number of ECE bins (1..{MAX_BINS})",
+    )
     g.add_argument(
         "--binning",
         choices=["width", "mass"],
         default="width",
         help="equal-width or equal-mass ECE bins",
     )
-    g.add_argument("--resamples", type=_positive_int, default=1000, help="bootstrap resamples")
-    g.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    g.add_argument(
+        "--resamples",
+        type=_bounded_int(1, MAX_RESAMPLES),
+        default=1000,
+        help=f"bootstrap resamples (1..{MAX_RESAMPLES})",
+    )
+    g.add_argument("--seed", type=_seed, default=0, help="bootstrap seed")
     g.add_argument(
         "--tolerance",
         type=float,
@@ -1397,8 +1545,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out-dir", default="llmcal-demo", metavar="DIR", help="where Scores and the diagram go"
     )
-    p.add_argument("--n", type=_positive_int, default=300, help="number of synthetic questions")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic questions")
+    p.add_argument(
+        "--n", type=_bounded_int(1, 100_000), default=300, help="number of synthetic questions"
+    )
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the synthetic questions")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="questions per forward pass")
     p.set_defaults(func=cmd_demo)
 
@@ -1409,16 +1559,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_guarantee_fit_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("conformal (prediction sets with coverage >= 1 - alpha)")
-    g.add_argument("--alpha", type=float, default=None, help="miscoverage level (default 0.1)")
+    g.add_argument(
+        "--alpha",
+        type=_finite_float(-1e6, 1e6),
+        default=None,
+        help="miscoverage level (default 0.1)",
+    )
     g.add_argument("--score", choices=["lac", "aps", "raps"], default=None, help="default lac")
     g.add_argument(
         "--randomized", action="store_true", help="aps/raps: randomised tie-breaking (exact)"
     )
-    g.add_argument("--lam", type=float, default=None, help="raps: size penalty (default 0.01)")
+    g.add_argument(
+        "--lam", type=_finite_float(0, 1e6), default=None, help="raps: size penalty (default 0.01)"
+    )
     g.add_argument("--k-reg", type=int, default=None, help="raps: free set size (default 1)")
     g = p.add_argument_group("selective (answer when confident; error rate <= risk w.p. 1 - delta)")
-    g.add_argument("--risk", type=float, default=None, help="error-rate bound (default 0.1)")
-    g.add_argument("--delta", type=float, default=None, help="failure probability (0.05)")
+    g.add_argument(
+        "--risk", type=_finite_float(-1e6, 1e6), default=None, help="error-rate bound (default 0.1)"
+    )
+    g.add_argument(
+        "--delta", type=_finite_float(-1e6, 1e6), default=None, help="failure probability (0.05)"
+    )
     g.add_argument(
         "--method",
         choices=["fixed-sequence", "bonferroni"],
@@ -1428,7 +1589,7 @@ def _add_guarantee_fit_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grid-size", type=int, default=None, help="linear threshold grid (200)")
     g.add_argument(
         "--pilot-fraction",
-        type=float,
+        type=_finite_float(0, 1),
         default=None,
         help="fixed-sequence: share of the split that picks the start (default 0.1)",
     )
@@ -1450,7 +1611,7 @@ def _add_finetune_parser(sub: Any) -> None:
     )
     g = add_group(p, "model")
     g.add_argument("--model", required=True, help="bundled alias, .gguf file, model dir, hub id")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
+    g.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N, mps")
     g = add_group(p, "data")
     g.add_argument("--task", required=True, help="built-in task name, 'synthetic', or a data file")
     g.add_argument("--data-dir", default=None, help="folder of canonical JSONL files")
@@ -1466,13 +1627,13 @@ def _add_finetune_parser(sub: Any) -> None:
     )
     g.add_argument(
         "--cal-fraction",
-        type=float,
+        type=_fraction,
         default=None,
         help="calibration split (default .1 for cogcalib)",
     )
-    g.add_argument("--test-fraction", type=float, default=0.2, help="test split")
+    g.add_argument("--test-fraction", type=_fraction, default=0.2, help="test split")
     g.add_argument(
-        "--seed", type=int, default=None, help="seed of the split and the training (default 0)"
+        "--seed", type=_seed, default=None, help="seed of the split and the training (default 0)"
     )
     g.add_argument(
         "--template",
@@ -1502,9 +1663,21 @@ def _add_finetune_parser(sub: Any) -> None:
         "--method", choices=list(METHODS), default=None, help="training objective (default sft)"
     )
     g.add_argument("--loss", choices=BASE_LOSSES, default=None, help="override the base loss")
-    g.add_argument("--alpha", type=float, default=None, help="weight of the calibration term")
-    g.add_argument("--margin", type=float, default=None, help="MbLS margin (default 10)")
-    g.add_argument("--style-steps", type=int, default=None, help="CogCalib: plain-CE steps first")
+    g.add_argument(
+        "--alpha",
+        type=_finite_float(-1e6, 1e6),
+        default=None,
+        help="weight of the calibration term",
+    )
+    g.add_argument(
+        "--margin", type=_finite_float(0, 1e6), default=None, help="MbLS margin (default 10)"
+    )
+    g.add_argument(
+        "--style-steps",
+        type=_bounded_int(0, 10**9),
+        default=None,
+        help="CogCalib: plain-CE steps first",
+    )
     g.add_argument(
         "--refresh-every",
         type=_positive_int,
@@ -1543,7 +1716,7 @@ def _add_finetune_parser(sub: Any) -> None:
     )
     g.add_argument(
         "--label-smoothing",
-        type=float,
+        type=_finite_float(0, 1),
         default=None,
         help="full-vocabulary ε on the completion / full-sequence SFT tokens",
     )
@@ -1559,20 +1732,31 @@ def _add_finetune_parser(sub: Any) -> None:
     g = add_group(p, "LoRA")
     g.add_argument("--lora-r", type=_positive_int, default=None, help="LoRA rank (default 8)")
     g.add_argument("--lora-alpha", type=_positive_int, default=None, help="default 2 × r")
-    g.add_argument("--lora-dropout", type=float, default=None, help="LoRA dropout (default 0)")
+    g.add_argument(
+        "--lora-dropout", type=_finite_float(0, 1e6), default=None, help="LoRA dropout (default 0)"
+    )
     g.add_argument(
         "--lora-targets",
         default=None,
         help="comma-separated module names (default q_proj,v_proj; all-linear for cft/rcft)",
     )
     g = add_group(p, "training")
-    g.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-4)")
-    g.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (0)")
+    g.add_argument(
+        "--lr",
+        type=_finite_float(0, 10, open_lo=True),
+        default=None,
+        help="learning rate (default 1e-4)",
+    )
+    g.add_argument(
+        "--weight-decay", type=_finite_float(0, 1e6), default=None, help="AdamW weight decay (0)"
+    )
     g.add_argument("--adam-eps", type=float, default=None, help="AdamW epsilon (1e-8)")
     g.add_argument(
         "--scheduler", choices=list(SCHEDULERS), default=None, help="LR schedule (default linear)"
     )
-    g.add_argument("--warmup-ratio", type=float, default=None, help="warm-up fraction (0.06)")
+    g.add_argument(
+        "--warmup-ratio", type=_finite_float(0, 1e6), default=None, help="warm-up fraction (0.06)"
+    )
     g.add_argument(
         "--batch-size",
         type=_positive_int,
@@ -1583,7 +1767,12 @@ def _add_finetune_parser(sub: Any) -> None:
         "--grad-accum", type=_positive_int, default=None, help="gradient accumulation (default 1)"
     )
     length = g.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=float, default=None, help="training epochs (default 1)")
+    length.add_argument(
+        "--epochs",
+        type=_finite_float(0, 1e6, open_lo=True),
+        default=None,
+        help="training epochs (default 1)",
+    )
     length.add_argument(
         "--max-steps", type=_positive_int, default=None, help="stop after N optimizer steps"
     )
@@ -1630,10 +1819,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "data_dir", None) is None and "LLMCAL_DATA_DIR" in os.environ:
         args.data_dir = os.environ["LLMCAL_DATA_DIR"]
     try:
+        _check_paths(args)
         with one_line_warnings():
             return int(args.func(args))
     except LLMCalError as exc:
-        print(f"llmcal: error: {exc}", file=sys.stderr)
+        print(f"llmcal: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("llmcal: interrupted", file=sys.stderr)

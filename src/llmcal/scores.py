@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from llmcal._io import atomic_write
+from llmcal._io import atomic_write, loads_json
 from llmcal._version import __version__
 from llmcal.errors import ScoresError
 
@@ -592,9 +592,9 @@ class Scores:
                 f"{path}: llmcal metadata is {len(raw)} bytes; at most {_MAX_META_BYTES}"
             )
         try:
-            header = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-            why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:120]
+            header = loads_json(raw)
+        except (ValueError, RecursionError) as exc:
+            why = str(exc)[:120] or "nested too deeply"
             raise ScoresError(f"{path}: llmcal metadata is not valid JSON ({why})") from None
         if not isinstance(header, dict) or not isinstance(header.get("meta", {}), dict):
             raise ScoresError(f"{path}: llmcal metadata must be a JSON object with a 'meta' object")
@@ -711,7 +711,7 @@ def _csv_cell(text: str, column: str, line: int) -> Any:
     t = text.strip()
     if t.startswith("["):
         try:
-            return json.loads(t)
+            return loads_json(t)
         except (json.JSONDecodeError, RecursionError):
             raise ScoresError(
                 f"line {line}, column {column!r:.40}: {t!r:.60} is not a JSON array"

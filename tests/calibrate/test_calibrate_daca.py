@@ -257,8 +257,13 @@ def test_ids_must_align(ref_logits: np.ndarray) -> None:
     ids = [f"q{i}" for i in range(600)]
     ids[5] = "other"
     reference = make_scores(ref_logits, ids=ids)
-    with pytest.raises(CalibrationError, match="align='inner'"):
+    with pytest.raises(CalibrationError, match="599 common questions with --align inner"):
         DACA().fit(target, reference)
+    # no common questions: the --align hint cannot help and is not offered
+    disjoint = make_scores(ref_logits, ids=[f"x{i}" for i in range(600)])
+    with pytest.raises(CalibrationError) as err:
+        DACA().fit(target, disjoint)
+    assert "--align" not in str(err.value) and "align=" not in str(err.value)
     d = DACA(align="inner").fit(target, reference)
     assert d.fit_info_ is not None and d.fit_info_["n_total"] == 599
     assert abs(d.temperature - 2.0) < 1e-9

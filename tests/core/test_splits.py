@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from llmcal.cli import main
-from llmcal.errors import ConfigError
+from llmcal.errors import ConfigError, OutputError
 from llmcal.scores import Scores
 from llmcal.splits import parse_fractions, save_splits, split_scores
 from llmcal.tasks.synthetic import synthetic_task
@@ -148,7 +148,7 @@ def test_cli_split_errors_exit_2_and_write_nothing(
 def test_save_splits_writes_none_when_one_fails(tmp_path: Path) -> None:
     parts = split_scores(make(), {"cal": 0.5, "test": 0.5})
     (tmp_path / "out" / "test.parquet").mkdir(parents=True)  # the second target cannot be written
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match=r"test\.parquet"):
         save_splits(parts, tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["test.parquet"]
     assert (tmp_path / "out" / "test.parquet").is_dir()  # untouched, and no cal.parquet written

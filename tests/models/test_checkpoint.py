@@ -137,3 +137,21 @@ def test_hf_scorer_resumes_to_identical_scores(smol: Any, tmp_path: Path) -> Non
     assert {k: v for k, v in resumed.meta.items() if k != "created"} == {
         k: v for k, v in full.meta.items() if k != "created"
     }
+
+
+def test_a_run_failing_before_its_first_chunk_leaves_no_checkpoint(
+    task: Task, tmp_path: Path
+) -> None:
+    out = tmp_path / "e.parquet"
+    runner = CheckpointedScorer(HashScorer(), out, chunk_size=4, score_fn=fail_at(0))
+    with pytest.raises(Boom):
+        runner.score(task)
+    assert not checkpoint_path(out).exists()
+    # so a run with other settings is not refused as "belongs to a run with other settings"
+    other = CheckpointedScorer(HashScorer(salt="other"), out, chunk_size=4).score(task)
+    assert len(other) == len(task)
+    # a failure after the first chunk still keeps that chunk for a resume
+    out2 = tmp_path / "f.parquet"
+    with pytest.raises(Boom):
+        CheckpointedScorer(HashScorer(), out2, chunk_size=4, score_fn=fail_at(1)).score(task)
+    assert len(checkpoint_path(out2).read_text().splitlines()) == 2  # header + chunk 0

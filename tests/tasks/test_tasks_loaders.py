@@ -89,7 +89,11 @@ BAD_LINES = [
     (rec(id=""), 2, "non-empty string", "id"),
     (rec(context=["p"]), 2, "string or null", "context"),
     (rec(subject=1), 2, "string or null", "subject"),
-    (rec(anwser=1), 2, "not part of the schema", "anwser"),
+    (rec(question="  \t"), 2, "empty or only whitespace", "question"),
+    (rec(question=""), 2, "empty or only whitespace", "question"),
+    (rec(choices=["x", " "]), 2, "option 1 is empty or only whitespace", "choices"),
+    (rec(choices=["", "y"]), 2, "option 0 is empty", "choices"),
+    (rec(id="  "), 2, "non-empty string", "id"),
     (rec(id="first"), 2, "duplicate id 'first' (first used on line 1)", "id"),
 ]
 
@@ -106,6 +110,26 @@ def test_error_names_file_line_and_field(
     assert problem in msg
     if field is not None:
         assert f"'{field}'" in msg
+
+
+def test_fields_beyond_the_schema_are_kept_as_extra_metadata(tmp_path: Path) -> None:
+    line = rec(id="a", source="exam-2019", difficulty=3, tags=["x"])
+    path = write_lines(tmp_path / "meta.jsonl", [line, rec(id="b")])
+    task = load_jsonl(path)
+    assert dict(task[0].extra) == {"source": "exam-2019", "difficulty": 3, "tags": ["x"]}
+    assert dict(task[1].extra) == {}
+    again = load_jsonl(save_jsonl(task, tmp_path / "again.jsonl"))
+    assert again[0].to_dict() == json.loads(line) | {"answer": again[0].answer}
+    assert dict(again[0].extra) == dict(task[0].extra)
+
+
+def test_deeply_nested_json_is_a_data_error_not_a_recursion_error(tmp_path: Path) -> None:
+    deep = rec(id="a", meta="X").replace('"X"', "[" * 100_000 + "]" * 100_000)
+    for name, text in (("lines.jsonl", deep), ("array.json", f"[{deep}]")):
+        path = tmp_path / name
+        path.write_text(text + "\n")
+        with pytest.raises(DataError, match="nested deeper than"):
+            load_jsonl(path)
 
 
 def test_error_line_number_counts_blank_lines(tmp_path: Path) -> None:

@@ -151,7 +151,7 @@ def test_auto_agreeing_readings_are_fine(tmp_path: Path) -> None:
         ("0", ["?", "x", "y", "5"], "", "ans", "index 5 is outside 0..1"),
         ("x", ["?", "x", "y", "z"], "", "ans", "'z' is not one of the choices"),
         ("1", ["?", "x", "y", "B"], ",format=index", "ans", "not an integer index"),
-        ("A", ["", "x", "y", "A"], "", "q", "non-empty text"),
+        ("A", ["", "x", "y", "A"], "", "q", "empty or only whitespace"),
         ("A", ["?", "x", "", "A"], "", "A|B", "at least 2"),
         ("A", ["?", "", "y", "A"], "", "A", "only trailing"),
     ],

@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from llmcal._io import atomic_write_text
+from llmcal._io import atomic_write_text, loads_json
 from llmcal._version import __version__
-from llmcal.errors import CalibrationError, LLMCalWarning
+from llmcal.errors import CalibrationError, LLMCalWarning, quote
 from llmcal.scores import Scores
 
 if TYPE_CHECKING:
@@ -104,24 +104,55 @@ def to_jsonable(obj: Any, where: str = "value") -> Any:
     raise TypeError(f"{where}: cannot store {type(obj).__name__} in a calibrator artefact")
 
 
+def _numeric_problem(value: Any, depth: int = 0) -> str | None:
+    """Why ``value`` is not a (nested) list of plain JSON numbers, or None when it is."""
+    if isinstance(value, bool):
+        return f"holds the boolean {json.dumps(value)} where a number is expected"
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        try:
+            f = float(value)
+        except OverflowError:
+            return "holds a number too large for a float"
+        if not math.isfinite(f):
+            return "has non-finite values"
+        if f != 0.0 and abs(f) < np.finfo(np.float64).tiny:
+            return f"holds the denormal number {f!r}, too close to 0 to compute with"
+        return None
+    if isinstance(value, (list, tuple)):
+        if depth >= 3:
+            return "is nested too deeply for a parameter array"
+        for v in value:
+            problem = _numeric_problem(v, depth + 1)
+            if problem is not None:
+                return problem
+        return None
+    return f"is not numeric (it holds the {type(value).__name__} {quote(value)})"
+
+
 def float_array(
     value: Any, shape: tuple[int, ...] | None, name: str, source: str
 ) -> npt.NDArray[np.float64]:
-    """A finite float64 array from an artefact's params, with a clear error if malformed."""
+    """A finite float64 array from an artefact's params, with a clear error if malformed.
+
+    Only JSON numbers are accepted: booleans, strings and denormal numbers (``1e-310``) are
+    refused, so a corrupt value is named here instead of surfacing later as an overflow.
+    """
+    problem = _numeric_problem(value)
+    if problem is not None:
+        raise CalibrationError(
+            f"{source}: parameter {name!r} {problem}; the file is corrupt, re-fit the calibrator"
+        )
     try:
         arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError):
         raise CalibrationError(
-            f"{source}: parameter {name!r} is not numeric ({exc}); the file is corrupt, re-fit it"
-        ) from exc
+            f"{source}: parameter {name!r} is a ragged list, not an array of numbers; the file "
+            "is corrupt, re-fit the calibrator"
+        ) from None
     if shape is not None and arr.shape != shape:
         raise CalibrationError(
             f"{source}: parameter {name!r} has shape {arr.shape}, expected {shape}; "
             "the file is corrupt, re-fit the calibrator"
-        )
-    if not np.isfinite(arr).all():
-        raise CalibrationError(
-            f"{source}: parameter {name!r} has non-finite values; the file is corrupt, re-fit it"
         )
     return arr
 
@@ -160,6 +191,39 @@ def as_scores(x: Any, labels: Any = None, who: str = "fit") -> Scores:
             raise CalibrationError(f"{who}: labels must be integer option indices")
         y = raw.astype(np.int64)
     return Scores.from_logits(z, y, meta={"logit_kind": "logits", "source": "array"})
+
+
+def check_config(target: type[Calibrator], config: dict[str, Any], source: str) -> None:
+    """Each saved option must have the JSON type of the constructor's default for it."""
+    import inspect
+
+    params = inspect.signature(target.__init__).parameters
+    for key, value in config.items():
+        param = params.get(key)
+        if param is None or param.default is inspect.Parameter.empty:
+            continue  # unknown options are reported by the constructor itself
+        default = param.default
+        if "dict" in str(param.annotation):  # a nested option (e.g. a wrapped calibrator)
+            continue
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+            want = "true or false"
+        elif isinstance(default, (int, float)):
+            ok = _numeric_problem(value) is None and not isinstance(value, list)
+            want = "a finite number"
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+            want = "a string"
+        elif isinstance(default, (list, tuple)):
+            ok = isinstance(value, list) and _numeric_problem(value) is None
+            want = "a list of finite numbers"
+        else:
+            continue
+        if not ok:
+            raise CalibrationError(
+                f"{source}: option {key!r} of the {target.kind!r} calibrator must be {want}, "
+                f"got {quote(value)}; the file is corrupt, re-fit the calibrator"
+            )
 
 
 def _reject_constant(name: str) -> float:
@@ -305,12 +369,12 @@ class Calibrator(ABC):
         version = d.get("format_version")
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise CalibrationError(
-                f"{source}: invalid format_version {version!r}; the file is corrupt, re-fit it"
+                f"{source}: invalid format_version {quote(version)}; the file is corrupt, re-fit it"
             )
         if version > FORMAT_VERSION:
             raise CalibrationError(
                 f"{source}: calibrator format_version {version} was written by a newer llmcal "
-                f"({d.get('llmcal_version', '?')}); this llmcal {__version__} reads version "
+                f"({quote(d.get('llmcal_version', '?'))}); this llmcal {__version__} reads version "
                 f"{FORMAT_VERSION}. Upgrade llmcal (pip install -U llmcal) or re-fit with this one"
             )
         kind = d.get("kind")
@@ -318,7 +382,7 @@ class Calibrator(ABC):
         target = known.get(kind) if isinstance(kind, str) else None
         if target is None:
             raise CalibrationError(
-                f"{source}: unknown calibrator kind {kind!r}; known kinds: {sorted(known)}"
+                f"{source}: unknown calibrator kind {quote(kind)}; known kinds: {sorted(known)}"
             )
         if cls is not Calibrator and target is not cls:
             raise CalibrationError(
@@ -336,18 +400,19 @@ class Calibrator(ABC):
                 f"{source}: 'config', 'params' and 'fit' must be JSON objects; the file is "
                 "corrupt, re-fit the calibrator"
             )
+        check_config(target, config, source)
         try:
             obj = target(**config)
         except (TypeError, ValueError, CalibrationError) as exc:
             raise CalibrationError(
-                f"{source}: invalid {kind!r} options {config}: {exc}; the file is corrupt or "
+                f"{source}: invalid {kind!r} options {quote(config)}: {exc}; the file is corrupt or "
                 "from an incompatible llmcal, re-fit the calibrator"
             ) from exc
         try:
             obj._set_params(params, source)
         except (KeyError, TypeError) as exc:
             raise CalibrationError(
-                f"{source}: missing or malformed parameter ({exc!r}); the file is corrupt, "
+                f"{source}: missing or malformed parameter ({quote(exc)}); the file is corrupt, "
                 "re-fit the calibrator"
             ) from exc
         obj.fit_info_ = dict(fit)
@@ -365,7 +430,7 @@ class Calibrator(ABC):
         if not path.is_file():
             raise CalibrationError(f"{path}: no such calibrator file")
         try:
-            d = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
+            d = loads_json(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
         except (UnicodeDecodeError, ValueError) as exc:
             raise CalibrationError(
                 f"{path}: not an llmcal calibrator file (not valid JSON: {exc}); pass a file "

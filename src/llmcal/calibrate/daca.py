@@ -335,9 +335,16 @@ class DACA(Calibrator):
             else:
                 t, r = align(target, reference, how=self.align)
         except ScoresError as exc:
+            hint = "Score the same task (same questions) with both models"
+            common = set(map(str, target.ids)) & set(map(str, reference.ids))
+            if self.align == "exact" and common and len(common) < max(len(target), len(reference)):
+                # only then can the common questions help
+                hint += (
+                    f", or fit on the {len(common)} common questions with --align inner "
+                    "(DACA(align='inner') in Python)"
+                )
             raise CalibrationError(
-                f"DACA: target and reference do not fit together: {exc}. Score the same task "
-                "(same questions) with both models, or pass align='inner' to use the common ids"
+                f"DACA: target and reference do not fit together: {exc}. {hint}"
             ) from exc
         k = max(t.k, r.k)
         zt, zr = _pad(t.logits, k), _pad(r.logits, k)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from llmcal._io import atomic_write_text
+from llmcal._io import atomic_write_text, loads_json
 from llmcal._version import __version__
 from llmcal.calibrate.base import _reject_constant, provenance, to_jsonable
 from llmcal.errors import CalibrationError, ConfigError, ScoresError
@@ -231,7 +231,7 @@ class Guarantee(ABC):
         if not path.is_file():
             raise CalibrationError(f"{path}: no such guarantee file")
         try:
-            d = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
+            d = loads_json(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
         except (UnicodeDecodeError, ValueError) as exc:
             raise CalibrationError(f"{path}: not valid JSON ({exc})") from exc
         return cls.from_dict(d, source=str(path))
@@ -249,7 +249,7 @@ def load_guarantee(path: str | os.PathLike[str]) -> Guarantee:
 def artefact_format(path: str | os.PathLike[str]) -> str | None:
     """The ``format`` field of a JSON artefact, or None when it is not one."""
     try:
-        d = json.loads(Path(path).read_text(encoding="utf-8"))
+        d = loads_json(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return None
     value = d.get("format") if isinstance(d, dict) else None
@@ -269,7 +269,7 @@ def parquet_format(path: str | os.PathLike[str]) -> str | None:
     if raw is None:
         return None
     try:
-        header = json.loads(raw)
+        header = loads_json(raw)
     except ValueError:
         return None
     fmt = header.get("format") if isinstance(header, dict) else None
@@ -289,7 +289,7 @@ def read_header(path: Path, expected: str) -> tuple[Any, dict[str, Any]]:
         raise ScoresError(f"{path}: not a readable Parquet file ({exc})") from exc
     raw = (table.schema.metadata or {}).get(META_KEY)
     try:
-        header = json.loads(raw) if raw is not None else None
+        header = loads_json(raw) if raw is not None else None
     except ValueError:
         header = None
     if not isinstance(header, dict) or header.get("format") != expected:

@@ -131,8 +131,14 @@ class TemperatureScaling(Calibrator):
 
     def _set_params(self, params: dict[str, Any], source: str) -> None:
         tau = float(float_array(params["temperature"], (), "temperature", source))
+        lo, hi = self.tau_range
         if tau <= 0.0:
             raise CalibrationError(f"{source}: temperature must be > 0, got {tau}; re-fit it")
+        if not lo <= tau <= hi:
+            raise CalibrationError(
+                f"{source}: temperature {tau!r} is outside the calibrator's tau_range "
+                f"[{lo:g}, {hi:g}]; the file is corrupt, re-fit it"
+            )
         self.temperature_ = tau
 
     def _transform_logits(self, scores: Scores) -> tuple[FloatArray, dict[str, Any]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from llmcal._cliutil import resolve_limit
-from llmcal._io import atomic_write_text
+from llmcal._io import atomic_write_text, check_writable_dir, loads_json
 from llmcal.errors import ConfigError
 from llmcal.finetune.config import FinetuneConfig, from_preset
 from llmcal.tasks.types import Task
@@ -29,6 +29,7 @@ def check_adapter_out(path: str) -> Path:
     parent = out.parent if str(out.parent) else Path(".")
     if parent.exists() and not parent.is_dir():
         raise ConfigError(f"--out {path!r}: {parent} is not a directory")
+    check_writable_dir(out if out.is_dir() else parent, f"--out {path!r}")
     return out
 
 
@@ -223,7 +224,7 @@ def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
         summary["evaluation"] = extra["evaluation"] = {"before": before, "after": after}
     if extra:
         record = out / SUMMARY_FILE
-        data = json.loads(record.read_text())
+        data = loads_json(record.read_text())
         data.update(extra)
         atomic_write_text(record, json.dumps(data, indent=2, default=float) + "\n")
     return summary

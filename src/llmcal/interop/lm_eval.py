@@ -22,7 +22,6 @@ when every option is a bare letter (A, B, …: lm-eval's letter-choice tasks), e
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from llmcal._io import loads_json
 from llmcal.errors import DataError
 from llmcal.scores import Scores
 from llmcal.tasks.types import LETTERS
@@ -48,8 +48,8 @@ def _rows(path: Path) -> Iterator[tuple[int, Any]]:
         raise DataError(f"{path}: cannot read the file ({exc})") from exc
     if text.lstrip().startswith("["):
         try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
+            items = loads_json(text)
+        except ValueError as exc:
             raise DataError(f"{path}: not valid JSON ({exc})") from exc
         yield from enumerate(items, start=1)
         return
@@ -57,9 +57,9 @@ def _rows(path: Path) -> Iterator[tuple[int, Any]]:
         if not line.strip():
             continue
         try:
-            yield n, json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+            yield n, loads_json(line)
+        except ValueError as exc:
+            raise DataError(f"{path}:{n}: not valid JSON ({exc})") from None
 
 
 def _arguments(sample: dict[str, Any], where: str) -> list[tuple[str, str]]:
@@ -197,8 +197,8 @@ def read_lm_eval_samples(
     agg: dict[str, Any] = {}
     if results_path is not None:
         try:
-            agg = json.loads(results_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            agg = loads_json(results_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
             raise DataError(f"{results_path}: not a readable lm-eval results file ({exc})") from exc
         if not isinstance(agg, dict):
             raise DataError(f"{results_path}: not an lm-eval results file (not a JSON object)")

@@ -25,12 +25,12 @@ tokens of one option add up, and an option missing from the top-k gets the log-p
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from llmcal._io import loads_json
 from llmcal.errors import DataError, LLMCalError
 from llmcal.models.http import TOPK_FLOOR, _chat_top, _completion_top, map_top_logprobs
 from llmcal.scores import Scores
@@ -119,9 +119,9 @@ def read_openai_responses(
             continue
         where = f"{path}:{n}"
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
+            row = loads_json(line)
+        except ValueError as exc:
+            raise DataError(f"{where}: not valid JSON ({exc})") from None
         if not isinstance(row, dict):
             raise DataError(f"{where}: each line must be a JSON object")
         qid, body = _body_and_id(row, where)

@@ -32,7 +32,8 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from llmcal.errors import ConfigError, ScoresError
+from llmcal._io import loads_json
+from llmcal.errors import ConfigError, OutputError, ScoresError
 from llmcal.models.base import Mode, Normalization, Scorer, build_scores, check_request
 from llmcal.scores import Scores
 from llmcal.tasks.templates import DEFAULT_TEMPLATE, Template
@@ -103,19 +104,21 @@ class Checkpoint:
         self.key = key
         self.created = ""
         self.chunks: dict[int, dict[str, Any]] = {}
+        self._header: dict[str, Any] | None = None  # written with the first finished chunk
 
     def open(self, resume: bool) -> None:
-        """Read (and validate) an existing checkpoint, or start a new one."""
+        """Read (and validate) an existing checkpoint, or prepare a new one.
+
+        A new checkpoint file appears only with the first finished chunk, so a run that fails
+        before finishing one leaves nothing behind that could block a run with other settings.
+        """
         if self.path.exists() and not resume:
             self.path.unlink()
         if self.path.exists():
             self._read()
         if not self.created:
             self.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-            header = {"llmcal_checkpoint": FORMAT, "created": self.created, "key": self.key}
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.unlink(missing_ok=True)
-            self._append(header)
+            self._header = {"llmcal_checkpoint": FORMAT, "created": self.created, "key": self.key}
 
     def _read(self) -> None:
         raw = self.path.read_bytes()
@@ -128,7 +131,14 @@ class Checkpoint:
                 break
             records.append(rec)
             good += len(line) + 1
-        if not records or records[0].get("llmcal_checkpoint") != FORMAT:
+        if not raw.strip():  # an empty file (left by an older llmcal): nothing to resume
+            self.path.unlink()
+            return
+        if (
+            not records
+            or records[0].get("llmcal_checkpoint") != FORMAT
+            or not isinstance(records[0].get("key"), dict)
+        ):
             raise ConfigError(
                 f"{self.path} is not an llmcal checkpoint of this version; delete it (or pass "
                 "--restart) to score from scratch"
@@ -146,43 +156,79 @@ class Checkpoint:
                 fh.flush()
                 os.fsync(fh.fileno())
         self.created = str(header.get("created", ""))
-        for rec in records[1:]:
-            self.chunks[int(rec["chunk"])] = rec
+        for n, rec in enumerate(records[1:], 2):
+            problem = _chunk_problem(rec)
+            if problem is not None:
+                raise ConfigError(
+                    f"{self.path}, line {n}: not a valid checkpoint chunk ({problem}); delete the "
+                    "checkpoint (or pass --restart) to score from scratch"
+                )
+            self.chunks[rec["chunk"]] = rec
 
     def add(
         self, index: int, ids: list[str], rows: list[list[float]], meta: dict[str, Any]
     ) -> None:
         """Append one finished chunk."""
         rec = {"chunk": index, "ids": ids, "rows": rows, "meta": meta}
+        if self._header is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.unlink(missing_ok=True)
+            self._append(self._header)
+            self._header = None
         self._append(rec)
         self.chunks[index] = rec
 
     def _append(self, record: dict[str, Any]) -> None:
         body = json.dumps(record, sort_keys=True, separators=(",", ":"))
         line = json.dumps({"sha": _digest(body), "rec": body}, separators=(",", ":")) + "\n"
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
-            data = line.encode("utf-8")
-            written = os.write(fd, data)
-            if written != len(data):
-                raise OSError(f"short write to {self.path}")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                data = line.encode("utf-8")
+                written = os.write(fd, data)
+                if written != len(data):
+                    raise OSError(f"short write to {self.path}")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise OutputError(
+                f"cannot append to the checkpoint {self.path} ({exc.strerror or exc}); free "
+                "space or choose another --out"
+            ) from None
 
 
 def _parse(line: bytes) -> dict[str, Any] | None:
     if not line.strip():
         return None
     try:
-        outer = json.loads(line)
+        outer = loads_json(line)
         body = outer["rec"]
-        if _digest(body) != outer["sha"]:
+        if not isinstance(body, str) or _digest(body) != outer["sha"]:
             return None
-        rec = json.loads(body)
-    except (ValueError, KeyError, TypeError):
+        rec = loads_json(body)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         return None
     return rec if isinstance(rec, dict) else None
+
+
+def _chunk_problem(rec: dict[str, Any]) -> str | None:
+    """Why an intact checkpoint line is not a chunk record (None when it is one)."""
+    index, ids, rows, meta = (rec.get(k) for k in ("chunk", "ids", "rows", "meta"))
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        return "'chunk' is not a non-negative integer"
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        return "'ids' is not a list of strings"
+    if not isinstance(rows, list) or len(rows) != len(ids):
+        return "'rows' is not one list per id"
+    for row in rows:
+        if not isinstance(row, list) or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in row
+        ):
+            return "a row is not a list of numbers"
+    if not isinstance(meta, dict):
+        return "'meta' is not an object"
+    return None
 
 
 def _key_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -230,6 +276,9 @@ class CheckpointedScorer:
         #: Chunks found finished in the checkpoint / scored by the last call.
         self.resumed_rows = 0
         self.scored_rows = 0
+
+    #: A start line (model, task, n, mode) shown once the checkpoint has been checked.
+    announce: str | None = None
 
     def key(
         self,
@@ -288,9 +337,11 @@ class CheckpointedScorer:
             "normalization": normalization,
             "shots": shots,
         }
-        if self.resumed_rows and self.progress is not False:
-            from llmcal.progress import note
+        from llmcal.progress import note
 
+        if self.announce:  # after the checkpoint is known good, so a bad one is the only line
+            note(self.announce)
+        if self.resumed_rows and self.progress is not False:
             note(
                 f"resuming {self.resumed_rows} of {len(task)} questions from {self.path}; "
                 f"scoring the other {len(task) - self.resumed_rows}"

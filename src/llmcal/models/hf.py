@@ -22,6 +22,7 @@ exactly what it would alone (up to float rounding).
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,10 +106,20 @@ def converted_dir(gguf: Path) -> Path:
 
 def pick_device(device: str) -> str:
     """``auto`` → cuda when available, else cpu."""
+    import re
+
     import torch
 
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?|xpu(:\d+)?", device):
+        raise ConfigError(f"unknown device {device[:40]!r}; use auto, cpu, cuda, cuda:N or mps")
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda:") and torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        if int(device[5:]) >= n:
+            raise ConfigError(
+                f"device {device!r}: this machine has {n} CUDA device(s) (0..{n - 1})"
+            )
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
             f"device {device!r} requested but CUDA is not available; use --device cpu"
@@ -128,6 +139,14 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
     if dtype not in names:
         raise ConfigError(f"unknown dtype {dtype!r}; use auto, {', '.join(names)}")
     return names[dtype]
+
+
+def _is_pickle_refusal(exc: BaseException) -> bool:
+    """True for torch.load's weights_only refusal of a pickled checkpoint (.bin)."""
+    text = f"{type(exc).__name__} {exc}"
+    return (
+        isinstance(exc, pickle.UnpicklingError) or "weights_only" in text or "Weights only" in text
+    )
 
 
 def length_batches(lengths: Sequence[int], max_items: int) -> Iterator[list[int]]:
@@ -181,6 +200,22 @@ class HFScorer:
         self.convert_cache = convert_cache
         self.tokenizer, self.model = self._load(trust_remote_code)
         self._torch = torch
+        # Option logits are read in float32 whatever the weights' dtype: with bfloat16 weights
+        # the lm-head output is rounded to 8 bits of mantissa (exact ties, up to 0.25 logit
+        # error at |logit| ~ 60). The head rows that are read are recomputed in float32 from
+        # the hidden state the head receives (captured by a pre-hook).
+        self._head = self.model.get_output_embeddings()
+        self._head_in: Any = None
+        self._exact_head = self.dtype != torch.float32 and isinstance(
+            getattr(self._head, "weight", None), torch.Tensor
+        )
+        if self._exact_head:
+            self._head.register_forward_pre_hook(self._capture_head_input)
+        self._softcap = getattr(
+            getattr(self.model.config, "get_text_config", lambda: self.model.config)(),
+            "final_logit_softcapping",
+            None,
+        )
 
     # -- loading ----------------------------------------------------------------------------
     def _load(self, trust_remote_code: bool) -> tuple[Any, Any]:
@@ -200,14 +235,23 @@ class HFScorer:
         try:
             tok = AutoTokenizer.from_pretrained(load_dir, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(load_dir, dtype=self.dtype, **kwargs)
-        except (OSError, ValueError, ImportError) as exc:
+        except (OSError, ValueError, ImportError, pickle.UnpicklingError) as exc:
             hint = ""
-            if src.kind == "hub":
+            if _is_pickle_refusal(exc):
+                hint = (
+                    " (the weights are a pickle (.bin) that transformers refuses to load safely; "
+                    "convert them to .safetensors, e.g. with a trusted Python session: "
+                    "model.save_pretrained(dir, safe_serialization=True))"
+                )
+            elif src.kind == "hub":
                 hint = (
                     " (hub ids need network access; offline, pass a local directory, a .gguf "
                     f"file or a bundled alias: {', '.join(BUNDLED)})"
                 )
-            raise ModelError(f"could not load model {self.name!r}: {exc}{hint}") from exc
+            raise ModelError(
+                f"could not load model {self.name!r}: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}{hint}"
+            ) from exc
         if self.adapter is not None:
             model = self._attach_adapter(model)
         model = model.to(self.device)  # type: ignore[arg-type]  # transformers types .to oddly
@@ -261,8 +305,11 @@ class HFScorer:
             raise ModelError(f"{path} is not a PEFT adapter directory (no adapter_config.json)")
         try:
             return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise ModelError(f"could not load adapter {path} onto {self.name!r}: {exc}") from exc
+        except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
+            raise ModelError(
+                f"could not load adapter {path} onto {self.name!r}: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from exc
 
     # -- public API ---------------------------------------------------------------------------
     def score(
@@ -327,9 +374,11 @@ class HFScorer:
                 owner = [b for b, i in enumerate(batch) for _ in groups[i][1]]
                 suffixes = [suf for i in batch for suf in groups[i][1]]
                 with torch.inference_mode():
-                    _, cache, mask = self._run_prefixes([groups[i][0] for i in batch])
-                    logits = self._run_on_cache(cache, mask, owner, suffixes, align="left", keep=1)
-                opt = logits[:, -1, :].index_select(-1, index).double().cpu().numpy()
+                    _, cache, mask = self._run_prefixes([groups[i][0] for i in batch], head=False)
+                    logits = self._run_on_cache(
+                        cache, mask, owner, suffixes, align="left", keep=1, vocab=index
+                    )
+                opt = logits[:, -1, :].double().cpu().numpy()
                 row = 0
                 for i in batch:
                     k = len(task[i].choices)
@@ -361,6 +410,7 @@ class HFScorer:
             "device": self.device,
             "dtype": str(self.dtype).removeprefix("torch."),
             "batch_size": self.batch_size,
+            "head_dtype": "float32",
             **extra,
         }
 
@@ -421,8 +471,8 @@ class HFScorer:
         index = torch.tensor(token_ids, device=self.device)
         with self._bar(len(task)) as bar:
             for batch in length_batches([len(e) for e in encoded], self.batch_size):
-                logits = self._last_logits([encoded[i] for i in batch])
-                opt = logits.index_select(-1, index).double().cpu().numpy()
+                logits = self._last_logits([encoded[i] for i in batch], vocab=index)
+                opt = logits.double().cpu().numpy()
                 for j, i in enumerate(batch):
                     rows[i] = opt[j, : len(task[i].choices)].tolist()
                 bar.update(len(batch))
@@ -527,28 +577,88 @@ class HFScorer:
             j += len(opts)
         return result
 
-    def _last_logits(self, seqs: Sequence[Sequence[int]]) -> Any:
-        """Last-position logits of ``seqs``; a prefix they all share (the template's instruction,
-        a system prompt, few-shot examples) is run once and its KV cache reused by every row."""
+    def _last_logits(self, seqs: Sequence[Sequence[int]], vocab: Any = None) -> Any:
+        """Last-position float32 logits of ``seqs`` (only the vocabulary ids ``vocab`` if given); a
+        prefix they all share (the template's instruction, a system prompt, few-shot examples)
+        is run once and its KV cache reused by every row."""
         n = _common_prefix_len(seqs, keep_last=1) if len(seqs) > 1 else 0
         if n < SHARED_PREFIX_MIN:
-            return self._forward(seqs, keep=1)[:, -1, :]
+            return self._forward(seqs, keep=1, vocab=vocab)[:, -1, :]
         torch = self._torch
         with torch.inference_mode():
-            _, cache, mask = self._run_prefixes([seqs[0][:n]])
+            _, cache, mask = self._run_prefixes([seqs[0][:n]], head=False)
             logits = self._run_on_cache(
-                cache, mask, [0] * len(seqs), [s[n:] for s in seqs], align="left", keep=1
+                cache,
+                mask,
+                [0] * len(seqs),
+                [s[n:] for s in seqs],
+                align="left",
+                keep=1,
+                vocab=vocab,
             )
         return logits[:, -1, :].float()
 
-    def _run_prefixes(self, prefixes: Sequence[Sequence[int]]) -> tuple[Any, Any, Any]:
+    # -- the lm head in float32 ---------------------------------------------------------------
+    def _capture_head_input(self, module: Any, args: tuple[Any, ...]) -> None:
+        self._head_in = args[0] if args else None
+
+    def _call(self, vocab: Any = None, head: bool = True, **kwargs: Any) -> tuple[Any, Any]:
+        """Run the model: (float32 logits of the kept positions, model output).
+
+        With non-float32 weights the logits (all, or the vocabulary ids ``vocab``) are the lm head
+        recomputed in float32 from its input; ``head=False`` skips that (logits unused).
+        """
+        self._head_in = None
+        out = self.model(**kwargs)
+        logits = out.logits
+        if vocab is not None:
+            logits = logits.index_select(-1, vocab)
+        if head and self._exact_head and self._head_in is not None:
+            exact = self._head_f32(self._head_in, vocab)
+            # a head the model post-processes in a way not reproduced here (a logit scale):
+            # keep the model's own numbers rather than wrong ones
+            tol = 0.1 + 0.02 * logits.float().abs()
+            if bool(((exact - logits.float()).abs() <= tol).all()):
+                return exact, out
+            self._exact_head = False
+        return logits.float(), out
+
+    def _head_f32(self, hidden: Any, vocab: Any = None) -> Any:
+        """``hidden × W[vocab]ᵀ (+ b)`` in float32, softcapped like the model; chunked over the
+        vocabulary so no float32 copy of the whole head is kept."""
+        torch = self._torch
+        weight, bias = self._head.weight, getattr(self._head, "bias", None)
+        h = hidden.float()
+        chunks = [vocab] if vocab is not None else None
+        if chunks is None:
+            step = 16384
+            chunks = [
+                torch.arange(i, min(i + step, weight.shape[0]), device=weight.device)
+                for i in range(0, weight.shape[0], step)
+            ]
+        parts = []
+        for idx in chunks:
+            w = weight.index_select(0, idx).float()
+            part = h @ w.T
+            if bias is not None:
+                part = part + bias.index_select(0, idx).float()
+            parts.append(part)
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        if self._softcap:
+            out = torch.tanh(out / self._softcap) * self._softcap
+        return out
+
+    def _run_prefixes(
+        self, prefixes: Sequence[Sequence[int]], head: bool = True
+    ) -> tuple[Any, Any, Any]:
         """Run left-padded ``prefixes`` keeping the KV cache: (last logits, cache, mask).
 
-        Call inside ``torch.inference_mode()``.
+        Call inside ``torch.inference_mode()``; ``head=False`` when the logits are not used.
         """
         dev = self.device
         ids, mask, position_ids = self._left_pad(prefixes)
-        out = self.model(
+        logits, out = self._call(
+            head=head,
             input_ids=ids.to(dev),
             attention_mask=mask.to(dev),
             position_ids=position_ids.to(dev),
@@ -558,7 +668,7 @@ class HFScorer:
         # transformers >= 5.24 names the cache ``cache``, older ones ``past_key_values``; the
         # continuation pass passes it back under the same name
         self._cache_kw = "cache" if hasattr(out, "cache") else "past_key_values"
-        return out.logits[:, -1, :], getattr(out, self._cache_kw), mask
+        return logits[:, -1, :], getattr(out, self._cache_kw), mask
 
     def _run_on_cache(
         self,
@@ -569,6 +679,7 @@ class HFScorer:
         *,
         align: str,
         keep: int,
+        vocab: Any = None,
     ) -> Any:
         """Logits of ``suffixes`` run on top of the cached prefixes (suffix r on ``owner[r]``).
 
@@ -589,14 +700,16 @@ class HFScorer:
         cache.reorder_cache(rows.to(dev))
         start = prefix_mask.sum(-1)[rows]
         position_ids = start[:, None] + (mask.cumsum(-1) - 1).clamp(min=0)
-        return self.model(
+        logits, _ = self._call(
+            vocab=vocab,
             input_ids=inp.to(dev),
             attention_mask=torch.cat([prefix_mask[rows], mask], dim=-1).to(dev),
             position_ids=position_ids.to(dev),
             logits_to_keep=keep,
             use_cache=True,
             **{self._cache_kw: cache},
-        ).logits
+        )
+        return logits
 
     @staticmethod
     def _normalize(logp: float, n_tokens: int, n_chars: int, how: Normalization) -> float:
@@ -620,19 +733,21 @@ class HFScorer:
             mask[r, width - len(s) :] = 1
         return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
-    def _forward(self, seqs: Sequence[Sequence[int]], keep: int) -> torch.Tensor:
-        """Logits of the last ``keep`` positions of left-padded ``seqs`` (B × keep × V)."""
+    def _forward(self, seqs: Sequence[Sequence[int]], keep: int, vocab: Any = None) -> torch.Tensor:
+        """Float32 logits of the last ``keep`` positions of left-padded ``seqs`` (B × keep × V,
+        or × len(vocab))."""
         torch = self._torch
         ids, mask, position_ids = self._left_pad(seqs)
         with torch.inference_mode():
-            out = self.model(
+            logits, _ = self._call(
+                vocab=vocab,
                 input_ids=ids.to(self.device),
                 attention_mask=mask.to(self.device),
                 position_ids=position_ids.to(self.device),
                 logits_to_keep=keep,
                 use_cache=False,
             )
-        return out.logits.float()
+        return logits
 
     def _bar(self, total: int) -> Any:
         from llmcal.progress import progress

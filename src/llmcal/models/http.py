@@ -55,7 +55,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from llmcal.errors import ConfigError, EndpointError, ModelError
+from llmcal._io import loads_json
+from llmcal.errors import ConfigError, EndpointError, ModelError, quote
 from llmcal.models.base import Mode, Normalization, build_scores, check_request
 from llmcal.scores import Scores
 from llmcal.tasks.templates import DEFAULT_TEMPLATE, Template
@@ -67,6 +68,11 @@ TOPK_FLOOR = -30.0
 RETRY_STATUSES = frozenset({408, 409, 425, 429})
 _UNSUPPORTED = frozenset({400, 404, 405, 422})
 _STRIP = " \t\r\n()[]{}.:,;*\"'"
+#: Bytes of a reply read at most: a 200 reply beyond this is refused, an error body is cut.
+MAX_BODY = 16 * 2**20
+_MAX_ERROR_BODY = 64 * 2**10
+#: Characters of server text (an error body, a token) shown in a message at most.
+MAX_SERVER_TEXT = 300
 _PROBE_PROMPT = "Question: What is the capital of France?\nA: Berlin\nB: Paris\nAnswer:"
 _ECHO_TEXT = "The capital of France is Paris. The capital of Italy is Rome. Answer:"
 
@@ -118,6 +124,42 @@ def public_url(url: str) -> str:
         return re.sub(r"^[^/]*@", "***@", url)
     host = parts.netloc.rsplit("@", 1)[-1]
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+_URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]*@")
+_AUTH_VALUE = re.compile(
+    r"((?:proxy-)?authorization|api[-_]?key|x-api-key|access[-_]?token)"
+    r"(\\?[\"']?\s*[:=]\s*\\?[\"']?)(?:(?:bearer|basic|token)\s+)?[^\"'\s,;}]*",
+    re.IGNORECASE,
+)
+_BEARER = re.compile(r"\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
+
+
+def scrub(text: str, secrets: Sequence[str] = (), limit: int = MAX_SERVER_TEXT) -> str:
+    """Server text made safe to show: the given secrets, ``Authorization``-style header values,
+    bearer tokens and URL credentials replaced by ``***``; one line, at most ``limit`` chars."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    text = _URL_CREDENTIALS.sub(r"\1***@", text)
+    text = _AUTH_VALUE.sub(r"\1\2***", text)
+    text = _BEARER.sub(r"\1 ***", text)
+    text = "".join(c if c.isprintable() else " " for c in text)
+    if len(text) > limit:
+        text = text[:limit] + f"… [{len(text) - limit} more characters]"
+    return text
+
+
+class MalformedReply(ValueError):
+    """A server reply that parses as JSON but does not have the expected shape or values."""
+
+
+def _header_safe(key: str) -> int | None:
+    """The 0-based position of the first character that cannot go into a header token."""
+    for i, c in enumerate(key):
+        if not 0x21 <= ord(c) <= 0x7E:
+            return i
+    return None
 
 
 @dataclass
@@ -209,6 +251,7 @@ class HTTPScorer:
         self._transport = transport
         self._min_tokens = False
         self._headers = {"Content-Type": "application/json"}
+        self._secrets: list[str] = []
         if api_key_env:
             key = os.environ.get(api_key_env)
             if not key:
@@ -216,8 +259,31 @@ class HTTPScorer:
                     f"--api-key-env {api_key_env}: that environment variable is not set or empty; "
                     f"export {api_key_env}=... before running"
                 )
+            bad = _header_safe(key)
+            if bad is not None:
+                raise ConfigError(
+                    f"--api-key-env {api_key_env}: the key has a character that cannot be sent in "
+                    f"an HTTP header at position {bad + 1} of {len(key)} (only visible ASCII, no "
+                    "spaces or line breaks); check how the variable was set"
+                )
+            with_creds = [public_url(u) for u in urls if "@" in urlsplit(u.strip()).netloc]
+            if with_creds:
+                raise ConfigError(
+                    f"--endpoint {with_creds[0]} carries user:password@ credentials and "
+                    f"--api-key-env {api_key_env} gives a key: only one of them would be sent. "
+                    "Use one way to authenticate"
+                )
             self._headers["Authorization"] = f"Bearer {key}"
+            self._secrets = [key]
         self.api_key_env = api_key_env
+        for u in urls:
+            netloc = urlsplit(u.strip()).netloc
+            if "@" in netloc:  # URL credentials are secrets too: never echoed back to the user
+                self._secrets += [p for p in re.split(r"[:@]", netloc.rsplit("@", 1)[0]) if p]
+
+    def _safe(self, text: str) -> str:
+        """Server text with this scorer's secrets and any credentials removed (see scrub)."""
+        return scrub(text, self._secrets)
 
     # -- identity (for checkpoints) ----------------------------------------------------------
     def settings(self) -> dict[str, Any]:
@@ -251,8 +317,37 @@ class HTTPScorer:
             delay = max(delay, min(retry_after, self.backoff_max))
         return delay
 
-    async def _post(self, client: Any, path: str, payload: dict[str, Any], idx: int) -> Any:
-        """POST with retries; returns the parsed JSON body."""
+    async def _attempt(self, client: Any, url: str, payload: dict[str, Any]) -> tuple[Any, bytes]:
+        """One POST: (response, body bytes), reading at most :data:`MAX_BODY` bytes."""
+        async with client.stream("POST", url, json=payload) as resp:
+            limit = MAX_BODY if resp.status_code == 200 else _MAX_ERROR_BODY
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.aiter_bytes():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    if resp.status_code == 200:
+                        raise EndpointError(
+                            f"{public_url(url)} sent a reply larger than {MAX_BODY // 2**20} MiB; "
+                            "it is not a log-prob reply (check --endpoint and --model)"
+                        )
+                    break  # an error body: its beginning is all a message shows
+            return resp, b"".join(chunks)
+
+    async def _post(
+        self,
+        client: Any,
+        path: str,
+        payload: dict[str, Any],
+        idx: int,
+        parse: Callable[[Any], Any] | None = None,
+    ) -> Any:
+        """POST with retries; returns the parsed JSON body, or ``parse(body)`` if given.
+
+        ``parse`` raises :class:`MalformedReply` for a reply of the wrong shape, which becomes
+        an ``EndpointError`` naming the endpoint (not retried: a server answers the same again).
+        """
         import httpx
 
         loop = asyncio.get_running_loop()
@@ -270,28 +365,44 @@ class HTTPScorer:
             self.stats.attempts += 1
             retry_after: float | None = None
             try:
-                resp = await asyncio.wait_for(
-                    client.post(url, json=payload), timeout=min(self.timeout, remaining)
+                resp, data = await asyncio.wait_for(
+                    self._attempt(client, url, payload), timeout=min(self.timeout, remaining)
                 )
             except (asyncio.TimeoutError, httpx.TimeoutException):
                 last = "timeout"
             except httpx.TransportError as exc:
                 last = f"connection error ({type(exc).__name__})"
+            except httpx.HTTPError as exc:  # e.g. a header httpx cannot send or decode
+                self.stats.failed += 1
+                raise EndpointError(
+                    f"request to {public_url(url)} failed: {type(exc).__name__}: "
+                    f"{self._safe(str(exc))}"
+                ) from None
             else:
                 if resp.status_code == 200:
                     try:
-                        body = resp.json()
-                    except ValueError:
+                        body = loads_json(data)
+                    except (ValueError, UnicodeDecodeError):
                         last = "unreadable response body"
                     else:
                         self.stats.seconds += loop.time() - start
-                        return body
+                        if parse is None:
+                            return body
+                        try:
+                            return parse(body)
+                        except MalformedReply as exc:
+                            self.stats.failed += 1
+                            raise EndpointError(
+                                f"{public_url(url)} sent a malformed reply to {path}: "
+                                f"{self._safe(str(exc))}; is it an OpenAI-compatible server "
+                                "with log-probs?"
+                            ) from None
                 elif resp.status_code in RETRY_STATUSES or resp.status_code >= 500:
                     last = f"HTTP {resp.status_code}"
                     retry_after = _retry_after(resp.headers.get("retry-after"))
                 else:
                     self.stats.failed += 1
-                    err = EndpointError(self._refusal(url, resp))
+                    err = EndpointError(self._refusal(url, resp.status_code, data))
                     err.status = resp.status_code  # type: ignore[attr-defined]
                     raise err
             attempt += 1
@@ -310,20 +421,18 @@ class HTTPScorer:
             "resumes"
         )
 
-    def _refusal(self, url: str, resp: Any) -> str:
-        text = resp.text[:300].replace("\n", " ")
+    def _refusal(self, url: str, status: int, data: bytes) -> str:
+        text = self._safe(data[: 4 * MAX_SERVER_TEXT].decode("utf-8", errors="replace"))
         hint = ""
-        if resp.status_code in (401, 403):
+        if status in (401, 403):
             hint = (
                 "; the server wants credentials: pass --api-key-env NAME with the key in $NAME"
                 if self.api_key_env is None
                 else f"; check the key in ${self.api_key_env}"
             )
-        elif resp.status_code == 404:
-            hint = (
-                f"; check the endpoint URL (…/v1) and that the server serves model {self.model!r}"
-            )
-        return f"{public_url(url)} answered HTTP {resp.status_code}: {text}{hint}"
+        elif status == 404:
+            hint = f"; check the endpoint URL (…/v1) and that the server serves model {quote(self.model)}"
+        return f"{public_url(url)} answered HTTP {status}: {text}{hint}"
 
     async def _gather(
         self, jobs: Sequence[Callable[[], Awaitable[Any]]], bar: Any = None
@@ -369,20 +478,22 @@ class HTTPScorer:
                 self._min_tokens = min_tokens
                 try:
                     payload = self._completion(_PROBE_PROMPT)
-                    body = await self._post(client, "/completions", payload, 0)
+                    top = await self._post(
+                        client, "/completions", payload, 0, parse=_completion_top0
+                    )
                 except EndpointError as exc:
                     if getattr(exc, "status", None) not in _UNSUPPORTED:
                         raise  # down, or refusing us (e.g. 401): no use probing further
                     continue
-                top = _completion_top(body, 0)
                 completions, cap = bool(top), len(top)
                 break
             else:
                 self._min_tokens = False
             try:
                 msgs = [{"role": "user", "content": _PROBE_PROMPT.removesuffix("\nAnswer:")}]
-                body = await self._post(client, "/chat/completions", self._chat(msgs), 0)
-                top = _chat_top(body)
+                top = await self._post(
+                    client, "/chat/completions", self._chat(msgs), 0, parse=_chat_top
+                )
                 chat, cap = bool(top), max(cap, len(top))
             except EndpointError as exc:
                 if getattr(exc, "status", None) not in _UNSUPPORTED:
@@ -400,7 +511,7 @@ class HTTPScorer:
     async def _probe_echo(self, client: Any) -> tuple[str, str]:
         """Compare echoed prompt log-probs with the server's own next-token log-probs."""
         payload = self._completion(_ECHO_TEXT, echo=True)
-        lp = _logprobs(await self._post(client, "/completions", payload, 0))
+        lp = await self._post(client, "/completions", payload, 0, parse=_echo_logprobs)
         tokens, values, offsets = lp.get("tokens"), lp.get("token_logprobs"), lp.get("text_offset")
         if not tokens or not values or not offsets or sum(o < len(_ECHO_TEXT) for o in offsets) < 4:
             return "ignored", "the response carries no prompt tokens"
@@ -410,17 +521,17 @@ class HTTPScorer:
             if values[j] is None:
                 continue
             prefix = _ECHO_TEXT[: offsets[j]]
-            body = await self._post(client, "/completions", self._completion(prefix), 0)
-            top = dict(_completion_top(body, 0))
+            payload = self._completion(prefix)
+            top = dict(await self._post(client, "/completions", payload, 0, parse=_completion_top0))
             if tokens[j] not in top:
                 continue
             echoed, direct = float(values[j]), float(top[tokens[j]])
-            compared.append(f"{tokens[j]!r}: echo {echoed:.4f} vs next-token {direct:.4f}")
+            compared.append(f"{quote(tokens[j], 20)}: echo {echoed:.4f} vs next-token {direct:.4f}")
             if abs(echoed - direct) > 0.02:
-                return "inconsistent", compared[-1]
+                return "inconsistent", self._safe(compared[-1])
         if not compared:
             return "unverifiable", "no echoed token was in the server's next-token top-k"
-        return "ok", "; ".join(compared)
+        return "ok", self._safe("; ".join(compared))
 
     def check_capabilities(self, mode: Mode, chat: bool) -> Capabilities:
         """Probe if needed; raise a clear error when the server cannot score ``mode``."""
@@ -533,13 +644,16 @@ class HTTPScorer:
                 ("/completions", self._completion(tmpl.letter_prompt(q, shots))) for q in task
             ]
 
+        def parse(body: Any) -> tuple[list[tuple[str, float]], str | None]:
+            top = _chat_top(body) if tmpl.chat else _completion_top(body, 0)
+            return top, _finish_reason(body)
+
         async def job(i: int) -> list[tuple[str, float]]:
             path, payload = payloads[i]
-            body = await self._post(client, path, payload, i)
-            top = _chat_top(body) if tmpl.chat else _completion_top(body, 0)
+            top, finish = await self._post(client, path, payload, i, parse=parse)
             if not top:
                 why = "the server does not honour logprobs on " + path
-                if _finish_reason(body) == "stop":
+                if finish == "stop":
                     why = (
                         "the server stopped at an end-of-sequence token before the first answer "
                         "token and dropped the log-probs (it ignores min_tokens)"
@@ -600,7 +714,7 @@ class HTTPScorer:
         async def job(j: int) -> tuple[float, int]:
             _, ctx, cont = items[j]
             payload = self._completion(ctx + cont, echo=True)
-            lp = _logprobs(await self._post(client, "/completions", payload, j))
+            lp = await self._post(client, "/completions", payload, j, parse=_echo_logprobs)
             return continuation_logprob(lp, len(ctx), len(ctx + cont), task[items[j][0]].id)
 
         async with self._client() as client:
@@ -642,21 +756,43 @@ def continuation_logprob(lp: dict[str, Any], start: int, end: int, qid: str) -> 
 
 def _retry_after(value: str | None) -> float | None:
     try:
-        return None if value is None else max(0.0, float(value))
+        seconds = None if value is None else float(value)
     except ValueError:
         return None
+    return None if seconds is None or not math.isfinite(seconds) else max(0.0, seconds)
 
 
 def _reason_key(reason: str) -> str:
     return reason.split(" (", 1)[0]
 
 
+def _number(value: Any, what: str) -> float | None:
+    """A log-prob from a reply: a number or null (-inf allowed: probability 0)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MalformedReply(
+            f"{what} is the {type(value).__name__} {quote(value, 40)}, not a number"
+        )
+    f = float(value)
+    if math.isnan(f) or f == math.inf:
+        raise MalformedReply(f"{what} is {f}, not a log-probability")
+    return f
+
+
 def _logprobs(body: Any) -> dict[str, Any]:
-    try:
-        lp = body["choices"][0].get("logprobs") or {}
-    except (KeyError, IndexError, TypeError, AttributeError):
-        raise EndpointError(f"malformed completion response: {str(body)[:200]}") from None
-    return lp if isinstance(lp, dict) else {}
+    """``choices[0].logprobs`` of a reply ({} when absent), its shape checked."""
+    if not isinstance(body, dict):
+        raise MalformedReply(f"the reply is a JSON {type(body).__name__}, not an object")
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise MalformedReply(f"'choices' is not a non-empty list of objects ({quote(choices, 60)})")
+    lp = choices[0].get("logprobs")
+    if lp is None:
+        return {}
+    if not isinstance(lp, dict):
+        raise MalformedReply(f"'choices[0].logprobs' is not an object ({quote(lp, 60)})")
+    return lp
 
 
 def _finish_reason(body: Any) -> str | None:
@@ -668,20 +804,68 @@ def _finish_reason(body: Any) -> str | None:
 
 def _completion_top(body: Any, position: int) -> list[tuple[str, float]]:
     """(token, log-prob) pairs of ``top_logprobs[position]`` of a /completions response."""
-    tops = _logprobs(body).get("top_logprobs") or []
-    if len(tops) <= position or not isinstance(tops[position], dict):
+    tops = _logprobs(body).get("top_logprobs")
+    if tops is None:
         return []
-    return [(str(t), float(v)) for t, v in tops[position].items() if v is not None]
+    if not isinstance(tops, list):
+        raise MalformedReply(f"'top_logprobs' is not a list ({quote(tops, 60)})")
+    if len(tops) <= position or tops[position] is None:
+        return []
+    entry = tops[position]
+    if not isinstance(entry, dict):
+        raise MalformedReply(f"'top_logprobs[{position}]' is not an object ({quote(entry, 60)})")
+    out: list[tuple[str, float]] = []
+    for token, value in entry.items():
+        f = _number(value, f"the log-prob of token {quote(token, 20)}")
+        if f is not None:
+            out.append((str(token), f))
+    return out
 
 
 def _chat_top(body: Any) -> list[tuple[str, float]]:
     """(token, log-prob) pairs of the first generated token of a /chat/completions response."""
-    content = _logprobs(body).get("content") or []
-    if not content or not isinstance(content[0], dict):
+    content = _logprobs(body).get("content")
+    if content is None or content == []:
         return []
-    top = content[0].get("top_logprobs") or []
-    return [
-        (str(e["token"]), float(e["logprob"]))
-        for e in top
-        if isinstance(e, dict) and "token" in e and e.get("logprob") is not None
-    ]
+    if not isinstance(content, list) or not isinstance(content[0], dict):
+        raise MalformedReply(f"'logprobs.content' is not a list of objects ({quote(content, 60)})")
+    top = content[0].get("top_logprobs")
+    if top is None:
+        return []
+    if not isinstance(top, list):
+        raise MalformedReply(f"'top_logprobs' is not a list ({quote(top, 60)})")
+    out: list[tuple[str, float]] = []
+    for e in top:
+        if not isinstance(e, dict) or not isinstance(e.get("token"), str):
+            raise MalformedReply(f"a top_logprobs entry has no token text ({quote(e, 60)})")
+        f = _number(e.get("logprob"), f"the log-prob of token {quote(e['token'], 20)}")
+        if f is not None:
+            out.append((e["token"], f))
+    return out
+
+
+def _echo_logprobs(body: Any) -> dict[str, Any]:
+    """The echoed prompt log-probs of a /completions reply, every list's type checked."""
+    lp = _logprobs(body)
+    tokens, values, offsets = (lp.get(k) for k in ("tokens", "token_logprobs", "text_offset"))
+    for name, value in (("tokens", tokens), ("token_logprobs", values), ("text_offset", offsets)):
+        if value is not None and not isinstance(value, list):
+            raise MalformedReply(f"'logprobs.{name}' is not a list ({quote(value, 60)})")
+    if tokens is not None and not all(isinstance(t, str) for t in tokens):
+        raise MalformedReply("'logprobs.tokens' holds a non-string")
+    if values is not None:
+        for j, v in enumerate(values):
+            _number(v, f"token_logprobs[{j}]")
+    if offsets is not None and not all(
+        isinstance(o, int) and not isinstance(o, bool) for o in offsets
+    ):
+        raise MalformedReply("'logprobs.text_offset' holds a non-integer")
+    if values is not None and offsets is not None and len(values) != len(offsets):
+        raise MalformedReply(
+            f"'token_logprobs' has {len(values)} entries but 'text_offset' {len(offsets)}"
+        )
+    return lp
+
+
+def _completion_top0(body: Any) -> list[tuple[str, float]]:
+    return _completion_top(body, 0)

@@ -16,8 +16,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from llmcal._io import atomic_write_text
-from llmcal.errors import ConfigError, DataError, LLMCalError
+from llmcal._io import atomic_write_text, loads_json
+from llmcal.errors import ConfigError, DataError, LLMCalError, quote, shorten
 from llmcal.tasks.types import LETTERS, Question, Task
 
 CANONICAL_FIELDS = ("id", "question", "choices", "answer", "context", "subject")
@@ -50,7 +50,7 @@ def load_jsonl(path: str | os.PathLike[str], name: str | None = None) -> Task:
         q = _canonical_question(rec, where, default_id=f"{name}-{pos:05d}")
         if q.id in first_seen:
             raise DataError(
-                f"{where}: field 'id': duplicate id {q.id!r} (first used on {unit} "
+                f"{where}: field 'id': duplicate id {quote(q.id)} (first used on {unit} "
                 f"{first_seen[q.id]}); give every question a unique id"
             )
         first_seen[q.id] = pos
@@ -77,58 +77,79 @@ def _read_text(path: Path) -> str:
         ) from exc
 
 
+def _json_error(exc: ValueError) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at column {exc.colno}"
+    return str(exc)  # nesting too deep, a number too long to read
+
+
 def _json_lines(path: Path, text: str) -> Iterator[tuple[int, Any]]:
     # split on "\n" only: str.splitlines also breaks at U+2028 etc., which JSON strings may hold
     for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
-            yield lineno, json.loads(line)
-        except json.JSONDecodeError as exc:
+            yield lineno, loads_json(line)
+        except ValueError as exc:
             raise DataError(
-                f"{path}, line {lineno}: invalid JSON ({exc.msg} at column {exc.colno}); "
+                f"{path}, line {lineno}: invalid JSON ({_json_error(exc)}); "
                 "each line must hold exactly one JSON object"
-            ) from exc
+            ) from None
 
 
 def _json_array(path: Path, text: str) -> list[tuple[int, Any]]:
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"{path}, line {exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})"
-        ) from exc
+        data = loads_json(text)
+    except ValueError as exc:
+        line = f", line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise DataError(f"{path}{line}: invalid JSON ({_json_error(exc)})") from None
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON array of question objects or JSON Lines")
     return list(enumerate(data, 1))
 
 
+def _text_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be a question or option text (None when it can)."""
+    if not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__} {quote(value)}"
+    if not value.strip():
+        return f"is empty or only whitespace ({quote(value)})"
+    return None
+
+
 def _canonical_question(rec: Any, where: str, default_id: str) -> Question:
     if not isinstance(rec, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-    unknown = sorted(set(rec) - set(CANONICAL_FIELDS))
-    if unknown:
-        raise DataError(
-            f"{where}: field {unknown[0]!r} is not part of the schema; rename or remove it "
-            f"(allowed fields: {', '.join(CANONICAL_FIELDS)})"
-        )
+    # fields beyond the schema are the file's own metadata: kept in Question.extra
+    extra = {k: v for k, v in rec.items() if k not in CANONICAL_FIELDS}
     qid = rec.get("id")
     if qid is None:
         qid = default_id
-    elif not isinstance(qid, str) or not qid:
-        raise DataError(f"{where}: field 'id' must be a non-empty string, got {qid!r}; quote it")
-    question = rec.get("question")
+    elif not isinstance(qid, str) or not qid.strip():
+        raise DataError(
+            f"{where}: field 'id' must be a non-empty string, got {quote(qid)}; quote it"
+        )
+    question: Any = rec.get("question")
     if "question" not in rec:
         raise DataError(f"{where}: field 'question' is missing; add the question text")
-    if not isinstance(question, str):
-        raise DataError(
-            f"{where}: field 'question' must be a string, got {type(question).__name__}"
-        )
+    problem = _text_problem(question)
+    if problem is not None:
+        raise DataError(f"{where}: field 'question' {problem}; give the question text")
     if "choices" not in rec:
         raise DataError(f"{where}: field 'choices' is missing; add a list of option strings")
     choices = rec["choices"]
-    if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
-        raise DataError(f"{where}: field 'choices' must be a list of strings, got {choices!r}")
+    if not isinstance(choices, list):
+        raise DataError(
+            f"{where}: field 'choices' must be a list of strings, got "
+            f"{type(choices).__name__} {quote(choices)}"
+        )
+    for j, c in enumerate(choices):
+        problem = _text_problem(c)
+        if problem is not None:
+            raise DataError(
+                f"{where}: field 'choices' must be a list of strings, none empty; option {j} "
+                f"{problem}"
+            )
     if len(choices) < 2:
         raise DataError(
             f"{where}: field 'choices' has {len(choices)} option(s); a question needs at least 2"
@@ -139,17 +160,18 @@ def _canonical_question(rec: Any, where: str, default_id: str) -> Question:
     if answer is not None:
         if isinstance(answer, bool) or not isinstance(answer, int):
             raise DataError(
-                f"{where}: field 'answer' must be a 0-based integer index or null, got {answer!r}"
+                f"{where}: field 'answer' must be a 0-based integer index or null, "
+                f"got {quote(answer)}"
             )
         if not 0 <= answer < len(choices):
             raise DataError(
-                f"{where}: field 'answer' is {answer}, outside 0..{len(choices) - 1} for "
+                f"{where}: field 'answer' is {quote(answer)}, outside 0..{len(choices) - 1} for "
                 f"{len(choices)} choices; answers are 0-based indices into 'choices'"
             )
     for key in ("context", "subject"):
         value = rec.get(key)
         if value is not None and not isinstance(value, str):
-            raise DataError(f"{where}: field {key!r} must be a string or null, got {value!r}")
+            raise DataError(f"{where}: field {key!r} must be a string or null, got {quote(value)}")
     return Question(
         id=qid,
         question=question,
@@ -157,6 +179,7 @@ def _canonical_question(rec: Any, where: str, default_id: str) -> Question:
         answer=answer,
         context=rec.get("context") or None,
         subject=rec.get("subject") or None,
+        extra=extra,
     )
 
 
@@ -251,11 +274,11 @@ def parse_mapping(spec: str) -> ColumnMapping:
         if key == "choices" and "|" in value:
             options = [v.strip() for v in value.split("|")]
             if not all(options):
-                raise ConfigError(f"--columns: empty column name in choices={value!r}")
+                raise ConfigError(f"--columns: empty column name in choices={quote(value)}")
             values[key] = tuple(options)
         elif key == "index_base":
             if value not in ("0", "1"):
-                raise ConfigError(f"--columns: index_base must be 0 or 1, got {value!r}")
+                raise ConfigError(f"--columns: index_base must be 0 or 1, got {quote(value)}")
             values[key] = int(value)
         else:
             values[key] = value
@@ -332,7 +355,7 @@ def _check_columns(source: str, mapping: ColumnMapping, available: Sequence[str]
     for col in mapping.columns():
         if col not in have and col.split(".")[0] not in have:
             raise DataError(
-                f"{source}: column {col!r} not found (columns: {', '.join(available)}); "
+                f"{source}: column {col!r} not found (columns: {shorten(', '.join(available))}); "
                 "fix the column mapping (--columns)"
             )
 
@@ -400,7 +423,7 @@ def records_to_task(
     for raw, answer in zip(raws, answers, strict=True):
         if raw.id in first_seen:
             raise DataError(
-                f"{source}, row {raw.row}, column {mapping.id!r}: duplicate id {raw.id!r} (first "
+                f"{source}, row {raw.row}, column {mapping.id!r}: duplicate id {quote(raw.id)} (first "
                 f"in row {first_seen[raw.id]}); map 'id' to a unique column or leave it out"
             )
         first_seen[raw.id] = raw.row
@@ -420,12 +443,13 @@ def _raw_row(
         try:
             return _get(row, col)
         except _NoValue:
-            keys = ", ".join(list(row)[:20])
+            keys = shorten(", ".join(str(k) for k in list(row)[:20]))
             raise fail(col, f"not found (this row has: {keys}); fix the column mapping") from None
 
     question = get(mapping.question)
-    if not isinstance(question, str) or not question.strip():
-        raise fail(mapping.question, f"question must be non-empty text, got {question!r}")
+    problem = _text_problem(question)
+    if problem is not None:
+        raise fail(mapping.question, f"question {problem}")
     choices = _row_choices(mapping, get, fail)
     if len(choices) > len(LETTERS):
         raise fail(str(mapping.choices), f"{len(choices)} options; at most {len(LETTERS)}")
@@ -435,7 +459,7 @@ def _raw_row(
         if not isinstance(raw_labels, (list, tuple)) or len(raw_labels) != len(choices):
             raise fail(
                 mapping.labels,
-                f"labels must be a list with one label per option, got {raw_labels!r}",
+                f"labels must be a list with one label per option, got {quote(raw_labels)}",
             )
         labels = [str(x).strip() for x in raw_labels]
     qid: str
@@ -444,7 +468,7 @@ def _raw_row(
         if _is_missing(value):
             raise fail(mapping.id, "id is empty; every row needs an id, or leave 'id' unmapped")
         if isinstance(value, bool) or not isinstance(value, (str, int)):
-            raise fail(mapping.id, f"id must be text or an integer, got {value!r}")
+            raise fail(mapping.id, f"id must be text or an integer, got {quote(value)}")
         qid = str(value)
     else:
         qid = f"{name}-{i - 1:05d}"  # 0-based, the convention of the bundled data files
@@ -453,7 +477,7 @@ def _raw_row(
         col = getattr(mapping, key)
         value = get(col) if col else None
         if not _is_missing(value) and not isinstance(value, str):
-            raise fail(col, f"{key} must be text, got {value!r}")
+            raise fail(col, f"{key} must be text, got {quote(value)}")
         optional[key] = None if _is_missing(value) else value
     answer = get(mapping.answer) if mapping.answer else None
     return _Raw(i, qid, question, choices, answer, labels, optional["context"], optional["subject"])
@@ -469,18 +493,19 @@ def _row_choices(
         value = get(col)
         if isinstance(value, str) and value.lstrip().startswith("["):
             try:
-                value = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise fail(col, f"not a valid JSON list ({exc.msg})") from exc
+                value = loads_json(value)
+            except ValueError as exc:
+                raise fail(col, f"not a valid JSON list ({_json_error(exc)})") from None
         if not isinstance(value, (list, tuple)):
             raise fail(
                 col,
-                f"expected a list of options, got {value!r}; map one column per option "
+                f"expected a list of options, got {quote(value)}; map one column per option "
                 "(choices=A|B|C|D) or store the options as a list / JSON list",
             )
         texts = [_as_text(v) for v in value]
-        if any(t is None for t in texts):
-            raise fail(col, f"every option must be text, got {list(value)!r}")
+        for j, t in enumerate(texts):
+            if t is None or not t.strip():
+                raise fail(col, f"option {j} is empty or not text ({quote(value[j])})")
         choices = [t for t in texts if t is not None]
     else:
         values = [get(c) for c in mapping.choices]
@@ -489,9 +514,10 @@ def _row_choices(
         choices = []
         for c, v in zip(mapping.choices[: len(values)], values, strict=True):
             text = _as_text(v)
-            if text is None or text == "":
+            if text is None or not text.strip():
                 raise fail(
-                    c, f"option is empty or not text ({v!r}); only trailing options may be empty"
+                    c,
+                    f"option is empty or not text ({quote(v)}); only trailing options may be empty",
                 )
             choices.append(text)
         col = "|".join(mapping.choices)
@@ -508,13 +534,13 @@ def _read_answer(value: Any, fmt: str, raw: _Raw, index_base: int) -> int:
     n = len(raw.choices)
     if fmt == "index":
         if isinstance(value, bool):
-            raise _Mismatch(f"{value!r} is a boolean, not an index")
+            raise _Mismatch(f"{quote(value)} is a boolean, not an index")
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, str) and value.strip().isdigit():
             value = int(value.strip())
         if not isinstance(value, int):
-            raise _Mismatch(f"{value!r} is not an integer index")
+            raise _Mismatch(f"{quote(value)} is not an integer index")
         k = value - index_base
         if not 0 <= k < n:
             raise _Mismatch(
@@ -524,25 +550,25 @@ def _read_answer(value: Any, fmt: str, raw: _Raw, index_base: int) -> int:
         return k
     if fmt == "letter":
         if not (isinstance(value, str) and len(value.strip()) == 1 and value.strip() in LETTERS):
-            raise _Mismatch(f"{value!r} is not a capital letter A-Z")
+            raise _Mismatch(f"{quote(value)} is not a capital letter A-Z")
         k = LETTERS.index(value.strip())
         if k >= n:
             raise _Mismatch(f"letter {value.strip()} is beyond the {n} choices ({LETTERS[:n]})")
         return k
     if fmt == "text":
         if not isinstance(value, str):
-            raise _Mismatch(f"{value!r} is not text")
+            raise _Mismatch(f"{quote(value)} is not text")
         hits = [k for k, c in enumerate(raw.choices) if c.strip() == value.strip()]
         if not hits:
-            raise _Mismatch(f"{value!r} is not one of the choices {raw.choices}")
+            raise _Mismatch(f"{quote(value)} is not one of the choices {quote(list(raw.choices))}")
         if len(hits) > 1:
-            raise _Mismatch(f"{value!r} matches several identical choices")
+            raise _Mismatch(f"{quote(value)} matches several identical choices")
         return hits[0]
     if fmt == "bool":
         if isinstance(value, str) and value.strip().lower() in ("true", "false"):
             value = value.strip().lower() == "true"
         if not isinstance(value, bool):
-            raise _Mismatch(f"{value!r} is not a boolean (true/false)")
+            raise _Mismatch(f"{quote(value)} is not a boolean (true/false)")
         if n != 2:
             raise _Mismatch(f"a boolean answer needs exactly 2 choices (no, yes), got {n}")
         return int(value)
@@ -551,7 +577,7 @@ def _read_answer(value: Any, fmt: str, raw: _Raw, index_base: int) -> int:
             raise _Mismatch("no labels column is mapped")
         key = str(value).strip()
         if key not in raw.labels:
-            raise _Mismatch(f"{value!r} is not one of the option labels {raw.labels}")
+            raise _Mismatch(f"{quote(value)} is not one of the option labels {quote(raw.labels)}")
         return raw.labels.index(key)
     raise AssertionError(fmt)
 
@@ -592,7 +618,7 @@ def _resolve_answers(raws: list[_Raw], mapping: ColumnMapping, source: str) -> l
             )
             r = labelled[bad]
             raise DataError(
-                f"{source}, row {r.row}, column {mapping.answer!r}: answer {r.answer!r} is "
+                f"{source}, row {r.row}, column {mapping.answer!r}: answer {quote(r.answer)} is "
                 f"ambiguous (as {chosen}: option {readings[chosen][bad]}; as {fmt}: option "
                 f"{out[bad]}); set answer_format={chosen} or answer_format={fmt}"
             )

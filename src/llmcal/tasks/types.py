@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, overload
 
@@ -15,7 +15,11 @@ LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 @dataclass(frozen=True)
 class Question:
-    """One multiple-choice question; ``answer`` is the 0-based correct index or None (unlabelled)."""
+    """One multiple-choice question; ``answer`` is the 0-based correct index or None (unlabelled).
+
+    ``extra`` keeps a data file's own fields beyond the schema (metadata columns such as
+    ``source`` or ``difficulty``); it is written back by :meth:`to_dict` and ignored by scoring.
+    """
 
     id: str
     question: str
@@ -23,6 +27,7 @@ class Question:
     answer: int | None = None
     context: str | None = None
     subject: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
@@ -63,6 +68,8 @@ class Question:
             out["context"] = self.context
         if self.subject is not None:
             out["subject"] = self.subject
+        for key, value in self.extra.items():
+            out.setdefault(key, value)
         return out
 
 
