@@ -152,6 +152,15 @@ def _common_prefix_len(seqs: Sequence[Sequence[int]], keep_last: int = 0) -> int
     return max(n, 0)
 
 
+@dataclass
+class SharedPrefix:
+    """A token prefix every prompt of a scoring call starts with, run once: its KV cache."""
+
+    length: int
+    cache: Any
+    mask: Any
+
+
 class HFScorer:
     """Score tasks with a transformers causal LM (see module docstring)."""
 
@@ -279,7 +288,7 @@ class HFScorer:
         if mode == "letter":
             rows, extra = self._score_letter(task, tmpl, shots)
         else:
-            rows, extra = self._score_cloze(task, tmpl, normalization)
+            rows, extra = self._score_cloze(task, tmpl, normalization, shots)
         return build_scores(task, rows, self._meta(mode, tmpl, shots, extra))
 
     def score_permuted(
@@ -419,9 +428,10 @@ class HFScorer:
         encoded = [self._encode(p, tmpl.chat) for p in prompts]
         rows: list[list[float]] = [[] for _ in task]
         index = torch.tensor(token_ids, device=self.device)
+        prefix = self._shared_prefix(encoded)
         with self._bar(len(task)) as bar:
             for batch in length_batches([len(e) for e in encoded], self.batch_size):
-                logits = self._last_logits([encoded[i] for i in batch])
+                logits = self._last_logits([encoded[i] for i in batch], prefix)
                 opt = logits.index_select(-1, index).double().cpu().numpy()
                 for j, i in enumerate(batch):
                     rows[i] = opt[j, : len(task[i].choices)].tolist()
@@ -459,12 +469,16 @@ class HFScorer:
         return ctx, cont
 
     def _score_cloze(
-        self, task: Task, tmpl: Template, normalization: Normalization
+        self,
+        task: Task,
+        tmpl: Template,
+        normalization: Normalization,
+        shots: Sequence[Question] = (),
     ) -> tuple[list[list[float]], dict[str, Any]]:
         # per question: the shared context ids and, per option, (continuation ids, n_chars)
         items: list[tuple[list[int], list[tuple[list[int], int]]]] = []
         for q in task:
-            context, conts = tmpl.cloze(q)
+            context, conts = tmpl.cloze(q, shots)
             if tmpl.chat:
                 context = self.render_letter(
                     Question(q.id, q.question, q.choices, context=q.context), tmpl
@@ -477,9 +491,10 @@ class HFScorer:
                 options.append((cont_ids, len(cont)))
             items.append((ctx_ids, options))
         rows: list[list[float]] = [[] for _ in task]
+        prefix = self._shared_prefix([c for c, _ in items])
         with self._bar(len(task)) as bar:
             for batch in length_batches([len(c) for c, _ in items], self.batch_size):
-                sums = self._cloze_loglik([items[i] for i in batch])
+                sums = self._cloze_loglik([items[i] for i in batch], prefix)
                 for i, logps in zip(batch, sums, strict=True):
                     rows[i] = [
                         self._normalize(lp, len(cont), n_chars, normalization)
@@ -489,7 +504,9 @@ class HFScorer:
         return rows, {"logit_kind": "loglikelihood", "normalization": normalization}
 
     def _cloze_loglik(
-        self, batch: Sequence[tuple[list[int], list[tuple[list[int], int]]]]
+        self,
+        batch: Sequence[tuple[list[int], list[tuple[list[int], int]]]],
+        prefix: SharedPrefix | None = None,
     ) -> list[list[float]]:
         """Summed continuation log-probs, the shared context run once per question.
 
@@ -497,12 +514,28 @@ class HFScorer:
         repeated per option and only the continuation tokens are run on top of it. The result
         equals scoring each ``context + continuation`` sequence on its own (up to float
         rounding), at the cost of one context pass per question instead of one per option.
+        With ``prefix`` (the task's shared instruction / few-shot examples, already run), only
+        each context's remainder is run, on top of a copy of the prefix's cache.
         """
         torch = self._torch
         owner = [i for i, (_, opts) in enumerate(batch) for _ in opts]
         conts = [cont for _, opts in batch for cont, _ in opts]
         with torch.inference_mode():
-            last, cache, mask = self._run_prefixes([ctx for ctx, _ in batch])
+            if prefix is None:
+                last, cache, mask = self._run_prefixes([ctx for ctx, _ in batch])
+            else:
+                cache = self._fork_cache(prefix.cache)
+                rests = [ctx[prefix.length :] for ctx, _ in batch]
+                last, mask = self._run_on_cache(
+                    cache,
+                    prefix.mask,
+                    [0] * len(batch),
+                    rests,
+                    align="left",
+                    keep=1,
+                    with_mask=True,
+                )
+                last = last[:, -1, :]
             # the first continuation token is predicted by the context's last position
             first = torch.log_softmax(last.float(), dim=-1)
             totals = first[owner, [c[0] for c in conts]].double()
@@ -527,15 +560,51 @@ class HFScorer:
             j += len(opts)
         return result
 
-    def _last_logits(self, seqs: Sequence[Sequence[int]]) -> Any:
-        """Last-position logits of ``seqs``; a prefix they all share (the template's instruction,
-        a system prompt, few-shot examples) is run once and its KV cache reused by every row."""
+    def _shared_prefix(self, seqs: Sequence[Sequence[int]]) -> SharedPrefix | None:
+        """Run the token prefix all ``seqs`` share once (None when under SHARED_PREFIX_MIN).
+
+        Every sequence keeps at least one token of its own, so its last logits come from its
+        own pass. The prefix's KV cache is kept for the whole scoring call and copied per batch
+        (``_fork_cache``): few-shot examples are computed once per task, not once per question.
+        """
         n = _common_prefix_len(seqs, keep_last=1) if len(seqs) > 1 else 0
         if n < SHARED_PREFIX_MIN:
-            return self._forward(seqs, keep=1)[:, -1, :]
-        torch = self._torch
-        with torch.inference_mode():
+            return None
+        with self._torch.inference_mode():
             _, cache, mask = self._run_prefixes([seqs[0][:n]])
+        return SharedPrefix(n, cache, mask)
+
+    def _fork_cache(self, cache: Any) -> Any:
+        """A copy of a KV cache that shares its key/value tensors (they are never written in
+        place: a forward pass or ``reorder_cache`` replaces them with new tensors)."""
+        import copy
+
+        memo: dict[int, Any] = {}
+        for layer in getattr(cache, "layers", ()):
+            for name in ("keys", "values"):
+                tensor = getattr(layer, name, None)
+                if tensor is not None:
+                    memo[id(tensor)] = tensor
+        return copy.deepcopy(cache, memo)
+
+    def _last_logits(
+        self, seqs: Sequence[Sequence[int]], prefix: SharedPrefix | None = None
+    ) -> Any:
+        """Last-position logits of ``seqs``; a prefix they all share (the template's instruction,
+        a system prompt, few-shot examples) is run once and its KV cache reused by every row.
+
+        ``prefix``: one already run for the whole task (every row starts with it)."""
+        torch = self._torch
+        if prefix is None:
+            n = _common_prefix_len(seqs, keep_last=1) if len(seqs) > 1 else 0
+            if n < SHARED_PREFIX_MIN:
+                return self._forward(seqs, keep=1)[:, -1, :]
+            with torch.inference_mode():
+                _, cache, mask = self._run_prefixes([seqs[0][:n]])
+        else:
+            n, mask = prefix.length, prefix.mask
+            cache = self._fork_cache(prefix.cache)
+        with torch.inference_mode():
             logits = self._run_on_cache(
                 cache, mask, [0] * len(seqs), [s[n:] for s in seqs], align="left", keep=1
             )
@@ -569,12 +638,15 @@ class HFScorer:
         *,
         align: str,
         keep: int,
+        with_mask: bool = False,
     ) -> Any:
         """Logits of ``suffixes`` run on top of the cached prefixes (suffix r on ``owner[r]``).
 
         The cache is repeated to one row per suffix. ``align="right"`` pads suffixes on the right
         (logits of every position: ``keep=0``); ``"left"`` pads on the left, so ``keep=1``
-        gives every suffix's last position. Positions continue each prefix's own length.
+        gives every suffix's last position. Positions continue each prefix's own length (pad
+        columns inside the mask are skipped). ``with_mask``: also return the attention mask of
+        the extended cache, so it can be continued once more.
         """
         torch = self._torch
         dev = self.device
@@ -589,14 +661,16 @@ class HFScorer:
         cache.reorder_cache(rows.to(dev))
         start = prefix_mask.sum(-1)[rows]
         position_ids = start[:, None] + (mask.cumsum(-1) - 1).clamp(min=0)
-        return self.model(
+        full_mask = torch.cat([prefix_mask[rows], mask], dim=-1)
+        logits = self.model(
             input_ids=inp.to(dev),
-            attention_mask=torch.cat([prefix_mask[rows], mask], dim=-1).to(dev),
+            attention_mask=full_mask.to(dev),
             position_ids=position_ids.to(dev),
             logits_to_keep=keep,
             use_cache=True,
             **{self._cache_kw: cache},
         ).logits
+        return (logits, full_mask) if with_mask else logits
 
     @staticmethod
     def _normalize(logp: float, n_tokens: int, n_chars: int, how: Normalization) -> float:
