@@ -354,6 +354,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         seed=args.seed,
         tolerance=args.tolerance,
         title=args.title,
+        min_subject_n=args.min_subject_n,
     )
     report.save(out, fmt)
     compared = sum("skipped" not in d for d in report.data["drift"])
@@ -574,6 +575,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.01,
         help="drift: confidence changes up to this count as unchanged",
+    )
+    p.add_argument(
+        "--min-subject-n",
+        type=_positive_int,
+        default=20,
+        help="subject table: leave out subjects with fewer questions (default 20)",
     )
     p.add_argument("--out", required=True, help="output file (.html, .json or .md)")
     p.set_defaults(func=cmd_report)

@@ -501,7 +501,12 @@ class HFScorer:
                         for lp, (cont, n_chars) in zip(logps, items[i][1], strict=True)
                     ]
                 bar.update(len(batch))
-        return rows, {"logit_kind": "loglikelihood", "normalization": normalization}
+        first_context, first_conts = tmpl.cloze(task[0], shots)
+        return rows, {
+            "logit_kind": "loglikelihood",
+            "normalization": normalization,
+            "example_prompt": first_context + first_conts[0],
+        }
 
     def _cloze_loglik(
         self,
