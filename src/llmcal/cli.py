@@ -151,6 +151,7 @@ def _score_backend(args: argparse.Namespace, template: Any) -> Any:
             batch_size=args.batch_size,
             trust_remote_code=args.trust_remote_code,
             progress=False,
+            **_hf_loading(args),
         )
     from llmcal.models.http import HTTPScorer
 
@@ -172,6 +173,44 @@ def _score_backend(args: argparse.Namespace, template: Any) -> Any:
     api = "/v1/completions" if args.mode == "cloze" or not template.chat else "/v1/chat/completions"
     _print(f"mode: {args.mode} via {api} (top-{scorer.effective_top_k} log-probs)")
     return scorer
+
+
+def _hf_loading(args: argparse.Namespace) -> dict[str, Any]:
+    """HFScorer loading options from the --revision … --load-in flags."""
+    return {
+        "revision": args.revision,
+        "device_map": args.device_map,
+        "attn_implementation": args.attn_implementation,
+        "hub_token_env": args.hub_token_env,
+        "load_in": args.load_in,
+    }
+
+
+def _add_hf_loading(p: argparse.ArgumentParser) -> None:
+    """The transformers loading flags of `llmcal score`."""
+    p.add_argument("--revision", default=None, help="hub branch, tag or commit of --model")
+    p.add_argument(
+        "--device-map",
+        default=None,
+        help="accelerate placement, e.g. auto: spread a model too large for one device",
+    )
+    p.add_argument(
+        "--attn-implementation",
+        default=None,
+        help="attention kernel: eager, sdpa, flash_attention_2, …",
+    )
+    p.add_argument(
+        "--hub-token-env",
+        default=None,
+        metavar="VAR",
+        help="read the hub token from $VAR (default: huggingface_hub reads HF_TOKEN); never logged",
+    )
+    p.add_argument(
+        "--load-in",
+        choices=["8bit", "4bit"],
+        default=None,
+        help="quantise the weights with bitsandbytes (pip install bitsandbytes)",
+    )
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -455,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--trust-remote-code", action="store_true", help="allow custom model code from the hub"
     )
+    _add_hf_loading(p)
     p.add_argument(
         "--permutations",
         choices=["cyclic", "all"],

@@ -130,6 +130,19 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
     return names[dtype]
 
 
+def _hub_token(env: str | None) -> str | None:
+    """The hub token from environment variable ``env`` (None: huggingface_hub reads HF_TOKEN)."""
+    if env is None:
+        return None
+    value = os.environ.get(env)
+    if not value:
+        raise ConfigError(
+            f"--hub-token-env {env}: the environment variable {env} is not set or empty; "
+            f"export {env}=<your token> (or leave the flag out to use HF_TOKEN)"
+        )
+    return value
+
+
 def length_batches(lengths: Sequence[int], max_items: int) -> Iterator[list[int]]:
     """Index batches of at most ``max_items``, longest first (padding waste is minimal)."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
@@ -175,10 +188,24 @@ class HFScorer:
         trust_remote_code: bool = False,
         progress: bool | None = None,
         convert_cache: bool = True,
+        revision: str | None = None,
+        device_map: str | None = None,
+        attn_implementation: str | None = None,
+        hub_token_env: str | None = None,
+        load_in: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if load_in not in (None, "8bit", "4bit"):
+            raise ConfigError(f"load_in must be 8bit or 4bit, got {load_in!r}")
         import torch
+
+        self.revision = revision
+        self.device_map = device_map
+        self.attn_implementation = attn_implementation
+        self.load_in = load_in
+        # the token stays in this local: never on self, in meta, or in a message
+        token = _hub_token(hub_token_env)
 
         self.name = model
         self.source = resolve_model(model)
@@ -188,16 +215,24 @@ class HFScorer:
         self.progress = progress
         self.adapter = None if adapter is None else str(adapter)
         self.convert_cache = convert_cache
-        self.tokenizer, self.model = self._load(trust_remote_code)
+        self.tokenizer, self.model = self._load(trust_remote_code, token)
+        if device_map is not None or load_in is not None:
+            # placed by accelerate: inputs go where the embeddings are
+            self.device = str(self.model.get_input_embeddings().weight.device)
         self._torch = torch
 
     # -- loading ----------------------------------------------------------------------------
-    def _load(self, trust_remote_code: bool) -> tuple[Any, Any]:
+    def _load(self, trust_remote_code: bool, token: str | None = None) -> tuple[Any, Any]:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         src = self.source
         load_dir = src.load_dir
         kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+        if self.revision is not None:
+            kwargs["revision"] = self.revision
+        if token is not None:
+            kwargs["token"] = token
+        model_kwargs = self._model_kwargs()
         if src.gguf_file:
             cached = converted_dir(Path(src.location)) if self.convert_cache else None
             if cached is not None and not (cached / _DONE).is_file():
@@ -208,7 +243,9 @@ class HFScorer:
                 kwargs["gguf_file"] = src.gguf_file
         try:
             tok = AutoTokenizer.from_pretrained(load_dir, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(load_dir, dtype=self.dtype, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(
+                load_dir, dtype=self.dtype, **kwargs, **model_kwargs
+            )
         except (OSError, ValueError, ImportError) as exc:
             hint = ""
             if src.kind == "hub":
@@ -216,15 +253,39 @@ class HFScorer:
                     " (hub ids need network access; offline, pass a local directory, a .gguf "
                     f"file or a bundled alias: {', '.join(BUNDLED)})"
                 )
-            raise ModelError(f"could not load model {self.name!r}: {exc}{hint}") from exc
+            message = str(exc).replace(token, "***") if token else str(exc)
+            raise ModelError(f"could not load model {self.name!r}: {message}{hint}") from None
         if self.adapter is not None:
             model = self._attach_adapter(model)
-        model = model.to(self.device)  # type: ignore[arg-type]  # transformers types .to oddly
+        if "device_map" not in model_kwargs:
+            model = model.to(self.device)  # type: ignore[arg-type]  # transformers types .to oddly
         model.eval()
         tok.padding_side = "left"
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
         return tok, model
+
+    def _model_kwargs(self) -> dict[str, Any]:
+        """``from_pretrained`` options of the model only: placement, attention, quantisation."""
+        out: dict[str, Any] = {}
+        if self.attn_implementation is not None:
+            out["attn_implementation"] = self.attn_implementation
+        if self.device_map is not None:
+            out["device_map"] = self.device_map
+        if self.load_in is not None:
+            import importlib.util
+
+            if importlib.util.find_spec("bitsandbytes") is None:
+                raise ModelError(
+                    f"--load-in {self.load_in} needs bitsandbytes, which is not installed: "
+                    "pip install bitsandbytes (it quantises on CUDA GPUs)"
+                )
+            from transformers import BitsAndBytesConfig
+
+            bits = {"load_in_8bit": True} if self.load_in == "8bit" else {"load_in_4bit": True}
+            out["quantization_config"] = BitsAndBytesConfig(**bits)
+            out.setdefault("device_map", "auto" if self.device == "cpu" else self.device)
+        return out
 
     def _convert(self, target: Path) -> None:
         """Dequantise the GGUF once and save it as a transformers directory (atomically)."""
@@ -370,6 +431,16 @@ class HFScorer:
             "device": self.device,
             "dtype": str(self.dtype).removeprefix("torch."),
             "batch_size": self.batch_size,
+            **{
+                k: v
+                for k, v in (
+                    ("revision", self.revision),
+                    ("device_map", self.device_map),
+                    ("attn_implementation", self.attn_implementation),
+                    ("load_in", self.load_in),
+                )
+                if v is not None
+            },
             **extra,
         }
 
