@@ -409,7 +409,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     check_adapter_out(args.out)  # before loading any data or model
     config_from_args(args)
     summary = run_finetune(args, _load_task(args))
-    _print(f"wrote {summary['adapter']} ({summary['steps']} steps)")
+    if summary.get("rank", 0) == 0:  # one line per launch, not per torchrun process
+        _print(f"wrote {summary['adapter']} ({summary['steps']} steps)")
     return 0
 
 

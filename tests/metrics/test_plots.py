@@ -32,7 +32,10 @@ def test_save_png_side_by_side(tmp_path: Path) -> None:
     assert out == tmp_path / "sub" / "rel.png"
     assert out.stat().st_size > 1000
     img = mpimg.imread(out)
-    assert img.shape[:2] == (round(COLUMN_SIZE[1] * dpi), round(2 * COLUMN_SIZE[0] * dpi))
+    assert img.shape[:2] == (
+        round(COLUMN_SIZE[1] * dpi),
+        round(2 * (COLUMN_SIZE[0] + LEGEND_WIDTH) * dpi),
+    )
     assert img.std() > 0.05  # something was drawn
     assert [p.name for p in out.parent.iterdir()] == ["rel.png"]  # no temp file left behind
 

@@ -99,6 +99,13 @@ def eval_table(rows: dict[str, dict[str, float]]) -> str:
     return render(["run", "n", *EVAL_COLUMNS], body)
 
 
+def world() -> tuple[int, int]:
+    """``(rank, world size)`` of a torchrun / accelerate launch (``(0, 1)`` alone)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
     """Split ``task``, fine-tune, save the adapter to ``args.out``, evaluate; return a summary."""
     from llmcal.finetune.run import SUMMARY_FILE, finetune
@@ -112,12 +119,22 @@ def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
     if config.gated and cal_fraction <= 0:
         raise ConfigError(f"--method {config.method} needs a calibration split: --cal-fraction > 0")
     parts = split_task(task, cal_fraction, args.test_fraction, args.seed)
-    print(
-        f"fine-tuning {args.model} with {config.method} on {len(parts['train'])} questions"
-        + (f" (cal {len(parts['cal'])})" if "cal" in parts else "")
-        + (f", test {len(parts['test'])}" if "test" in parts else ""),
-        flush=True,
-    )
+    rank, size = world()
+    # under torchrun every process runs this; only rank 0 talks, evaluates and writes
+    training_args: dict[str, Any] = {}
+    if size > 1:
+        from llmcal.models.hf import pick_device
+
+        if pick_device(args.device) == "cpu":
+            training_args["ddp_backend"] = "gloo"
+    if rank == 0:
+        print(
+            f"fine-tuning {args.model} with {config.method} on {len(parts['train'])} questions"
+            + (f" (cal {len(parts['cal'])})" if "cal" in parts else "")
+            + (f", test {len(parts['test'])}" if "test" in parts else "")
+            + (f" ({size} processes)" if size > 1 else ""),
+            flush=True,
+        )
     result = finetune(
         args.model,
         parts["train"],
@@ -127,11 +144,12 @@ def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
         resume=args.resume,
         keep_checkpoints=args.keep_checkpoints,
         save_steps=args.save_steps,
-        progress=True,
+        progress=rank == 0,
         device=args.device,
+        training_args=training_args or None,
     )
-    summary: dict[str, Any] = {"adapter": str(out), "steps": result.steps}
-    if "test" in parts and not args.no_eval:
+    summary: dict[str, Any] = {"adapter": str(out), "steps": result.steps, "rank": rank}
+    if "test" in parts and not args.no_eval and rank == 0:
         tests = {"test": parts["test"]}
         before = evaluate_runs(args.model, None, tests, config.template, args.device)["test"]
         after = evaluate_runs(args.model, out, tests, config.template, args.device)["test"]
