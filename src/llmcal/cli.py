@@ -331,6 +331,7 @@ def _score_backend(args: argparse.Namespace, template: Any) -> Any:
             batch_size=args.batch_size,
             trust_remote_code=args.trust_remote_code,
             progress=False,
+            **_hf_loading(args),
         )
     from llmcal.models.http import HTTPScorer
 
@@ -352,6 +353,44 @@ def _score_backend(args: argparse.Namespace, template: Any) -> Any:
     api = "/v1/completions" if args.mode == "cloze" or not template.chat else "/v1/chat/completions"
     _print(f"mode: {args.mode} via {api} (top-{scorer.effective_top_k} log-probs)")
     return scorer
+
+
+def _hf_loading(args: argparse.Namespace) -> dict[str, Any]:
+    """HFScorer loading options from the --revision … --load-in flags."""
+    return {
+        "revision": args.revision,
+        "device_map": args.device_map,
+        "attn_implementation": args.attn_implementation,
+        "hub_token_env": args.hub_token_env,
+        "load_in": args.load_in,
+    }
+
+
+def _add_hf_loading(p: Any) -> None:
+    """The transformers loading flags of `llmcal score`."""
+    p.add_argument("--revision", default=None, help="hub branch, tag or commit of --model")
+    p.add_argument(
+        "--device-map",
+        default=None,
+        help="accelerate placement, e.g. auto: spread a model too large for one device",
+    )
+    p.add_argument(
+        "--attn-implementation",
+        default=None,
+        help="attention kernel: eager, sdpa, flash_attention_2, …",
+    )
+    p.add_argument(
+        "--hub-token-env",
+        default=None,
+        metavar="VAR",
+        help="read the hub token from $VAR (default: huggingface_hub reads HF_TOKEN); never logged",
+    )
+    p.add_argument(
+        "--load-in",
+        choices=["8bit", "4bit"],
+        default=None,
+        help="quantise the weights with bitsandbytes (pip install bitsandbytes)",
+    )
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -775,6 +814,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         title=args.title,
         guarantees=_report_guarantees(args, source),
+        min_subject_n=args.min_subject_n,
     )
     report.save(out, fmt)
     compared = sum("skipped" not in d for d in report.data["drift"])
@@ -1011,7 +1051,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     check_adapter_out(args.out)  # before loading any data or model
     config_from_args(args)
     summary = run_finetune(args, _load_task(args))
-    _print(f"wrote {summary['adapter']} ({summary['steps']} steps)")
+    if summary.get("rank", 0) == 0:  # one line per launch, not per torchrun process
+        _print(f"wrote {summary['adapter']} ({summary['steps']} steps)")
     return 0
 
 
@@ -1108,6 +1149,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--trust-remote-code", action="store_true", help="allow custom model code from the hub"
     )
+    _add_hf_loading(add_group(p, "model loading"))
     g = add_group(p, "data")
     g.add_argument(
         "--task",
@@ -1521,6 +1563,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.01,
         help="drift: confidence changes up to this count as unchanged",
+    )
+    g.add_argument(
+        "--min-subject-n",
+        type=_positive_int,
+        default=20,
+        help="subject table: leave out subjects with fewer questions",
     )
     g = add_group(p, "output")
     g.add_argument(

@@ -10,7 +10,7 @@ import pytest
 from llmcal.errors import ConfigError, DataError
 from llmcal.metrics import ece
 from llmcal.report import reliability_diagram, save_reliability_png
-from llmcal.report.plots import COLUMN_SIZE
+from llmcal.report.plots import COLUMN_SIZE, LEGEND_WIDTH
 
 
 def _run(seed: int, n: int = 500, power: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
@@ -32,7 +32,10 @@ def test_save_png_side_by_side(tmp_path: Path) -> None:
     assert out == tmp_path / "sub" / "rel.png"
     assert out.stat().st_size > 1000
     img = mpimg.imread(out)
-    assert img.shape[:2] == (round(COLUMN_SIZE[1] * dpi), round(2 * COLUMN_SIZE[0] * dpi))
+    assert img.shape[:2] == (
+        round(COLUMN_SIZE[1] * dpi),
+        round(2 * (COLUMN_SIZE[0] + LEGEND_WIDTH) * dpi),
+    )
     assert img.std() > 0.05  # something was drawn
     assert [p.name for p in out.parent.iterdir()] == ["rel.png"]  # no temp file left behind
 
@@ -43,7 +46,10 @@ def test_save_png_mass_binning_single_run(tmp_path: Path) -> None:
     out = save_reliability_png(
         {"m": _run(2, n=40)}, tmp_path / "m.png", n_bins=8, binning="mass", dpi=30
     )
-    assert mpimg.imread(out).shape[:2] == (round(COLUMN_SIZE[1] * 30), round(COLUMN_SIZE[0] * 30))
+    assert mpimg.imread(out).shape[:2] == (
+        round(COLUMN_SIZE[1] * 30),
+        round((COLUMN_SIZE[0] + LEGEND_WIDTH) * 30),
+    )
 
 
 def test_reliability_diagram_draws_bars_and_reports_ece() -> None:
@@ -52,9 +58,12 @@ def test_reliability_diagram_draws_bars_and_reports_ece() -> None:
     conf, correct = _run(3)
     ax, hist = reliability_diagram(conf, correct, n_bins=10)
     assert hist is not None and hist.figure is ax.figure
-    labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert f"Gap (ECE = {ece(conf, correct, 10):.3f})" in labels
-    # one accuracy bar and one gap bar per non-empty bin
+    legend = ax.get_legend()
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert f"ECE = {ece(conf, correct, 10):.3f}" in legend.get_title().get_text()
+    assert any(t.startswith("Gap, over-confident") for t in labels)
+    assert any(t.startswith("Gap, under-confident") for t in labels)
+    # one accuracy bar and one gap bar (over- or under-confident) per non-empty bin
     n_full = len(np.unique(np.ceil(conf * 10)))
     assert len(ax.patches) == 2 * n_full
 

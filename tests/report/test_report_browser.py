@@ -268,21 +268,36 @@ def test_report_renders_in_chromium(
         for key, text in printed.items():
             assert rows[name][key] == text, (name, key)
 
-    # the inline script runs: clicking a header sorts the subject table
+    # the inline script runs: clicking a header (of the last header row) sorts the subject table
     order = devtools.evaluate("""
       (() => {
         const table = document.getElementById('subject-table');
-        const col = Array.from(table.tHead.rows[0].cells).findIndex(th => th.textContent === 'n');
-        const ece = Array.from(table.tHead.rows[0].cells).findIndex(th => th.textContent === 'ECE');
-        const values = () => Array.from(table.tBodies[0].rows).map(r => parseFloat(r.cells[ece].textContent));
+        const head = table.tHead.rows[table.tHead.rows.length - 1];
+        const col = Array.from(head.cells).findIndex(th => th.textContent === 'n');
+        const ece = Array.from(head.cells).findIndex(th => th.textContent.startsWith('ECE'));
+        const values = () => Array.from(table.tBodies[0].rows).map(r => parseFloat(r.cells[ece].dataset.value));
         const before = values();
-        table.tHead.rows[0].cells[ece].click();
+        head.cells[ece].click();
         const ascending = values();
-        return {before, ascending, sort: table.tHead.rows[0].cells[ece].getAttribute('aria-sort'), n: col};
+        return {before, ascending, sort: head.cells[ece].getAttribute('aria-sort'), n: col};
       })()
     """)  # fmt: skip
     assert order["before"] == sorted(order["before"], reverse=True)
     assert order["ascending"] == sorted(order["before"]) and order["sort"] == "ascending"
+
+    # every table fits the page without a horizontal scroll bar, and the wide figures span it
+    fit = devtools.evaluate("""
+      (() => {
+        const main = document.querySelector('main');
+        const inner = main.clientWidth - 56;  // its padding
+        const tables = Array.from(document.querySelectorAll('div.scroll')).map(d => ({
+          id: d.firstElementChild.id, over: d.scrollWidth - d.clientWidth}));
+        const wide = Array.from(document.querySelectorAll('img.wide')).map(i => i.clientWidth);
+        return {inner, tables, wide};
+      })()
+    """)  # fmt: skip
+    assert all(t["over"] <= 0 for t in fit["tables"]), fit["tables"]
+    assert len(fit["wide"]) == 3 and all(w >= fit["inner"] - 4 for w in fit["wide"]), fit
 
     metrics = devtools.send("Page.getLayoutMetrics")["cssContentSize"]
     height = int(metrics["height"])

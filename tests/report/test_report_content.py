@@ -235,18 +235,40 @@ def test_html_summary_shows_the_eval_numbers(page: str, report: Report) -> None:
         )
 
 
-def test_html_subject_table_sorted_by_ece(page: str, report: Report) -> None:
+def test_html_subject_table_is_subject_by_run_with_cis(page: str, report: Report) -> None:
     rows = _parse(page).rows["subject-table"]
-    header, body = rows[0], rows[1:]
-    assert header[:2] == ["Run", "Subject"] and "ECE" in header
-    assert len(body) == 3 * len(SUBJECTS)
-    col = header.index("ECE")
-    eces = [float(r[col]) for r in body]
+    groups, header, body = rows[0], rows[1], rows[2:]
+    assert [g for g in groups if g] == ["base", "second", "second + ts"]
+    assert header[:2] == ["Subject", "n"] and header.count("Gap") == 3
+    assert len(body) == len(SUBJECTS)  # one row per subject, 40 questions each (>= 20)
+    # sorted by the first run's ECE, each cell "value[lo, hi]" with the CI around the value
+    col = header.index("ECE [95% CI]")
+    eces = [float(r[col].split("[")[0]) for r in body]
     assert eces == sorted(eces, reverse=True)
-    by_key = {(r[0], r[1]): r for r in body}
+    by_subject = {r[0]: r for r in body}
+    s = report.runs[1].scores
+    rows_bio = s.subjects == "biology"
     m = report.data["runs"][1]["metrics"]["subjects"]["biology"]
-    assert by_key[("second", "biology")][col] == f"{m['ece']:.4f}"
-    assert by_key[("second", "biology")][header.index("n")] == str(m["n"])
+    acc_col, ece_col = 2 + 3, 2 + 3 + 1  # the "second" run's group
+    acc_text = by_subject["biology"][acc_col]
+    assert acc_text.startswith(f"{s.correct()[rows_bio].mean():.3f}[")
+    assert by_subject["biology"][ece_col].startswith(f"{m['ece']:.3f}[")
+    assert by_subject["biology"][1] == str(int(rows_bio.sum()))
+    cell = report.data["subject_table"]["rows"][0]["runs"]["second"]
+    assert cell["ece_ci"][0] <= cell["ece"] <= cell["ece_ci"][1]
+    assert cell["accuracy_ci"][0] <= cell["accuracy"] <= cell["accuracy_ci"][1]
+
+
+def test_subject_table_min_n_filter(report: Report) -> None:
+    items = list(report.runs)
+    small = build_report(items[:1], n_resamples=20, min_subject_n=41)
+    table = small.data["subject_table"]
+    assert table["rows"] == [] and sorted(table["hidden"]) == sorted(SUBJECTS)
+    assert "4 smaller subjects hidden" in small.to_html()
+    kept = build_report(items[:1], n_resamples=20, min_subject_n=40).data["subject_table"]
+    assert len(kept["rows"]) == 4 and kept["hidden"] == []
+    with pytest.raises(ConfigError, match="min_subject_n"):
+        build_report(items[:1], n_resamples=20, min_subject_n=0)
 
 
 def test_html_drift_and_provenance(page: str, report: Report) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from llmcal.report import (
     save_reliability_png,
     selective_accuracy_plot,
 )
-from llmcal.report.plots import COLUMN_SIZE, figure_png, grid_shape, run_color
+from llmcal.report.plots import COLUMN_SIZE, LEGEND_WIDTH, figure_png, grid_shape, run_color
 
 
 def _runs(count: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -43,7 +44,10 @@ def test_four_runs_make_a_two_by_two_png(tmp_path: Path) -> None:
 
     out = save_reliability_png(_runs(4), tmp_path / "grid.png", dpi=30)
     with Image.open(out) as img:
-        assert img.size == (round(2 * COLUMN_SIZE[0] * 30), round(2 * COLUMN_SIZE[1] * 30))
+        assert img.size == (
+            round(2 * (COLUMN_SIZE[0] + LEGEND_WIDTH) * 30),
+            round(2 * COLUMN_SIZE[1] * 30),
+        )
     fig = reliability_panels(_runs(5), dpi=30)
     assert len(fig.axes) == 10  # a diagram and a histogram per run, no empty panels
     assert [fig.axes[2 * i].get_title() for i in range(5)] == [f"run {i}" for i in range(5)]
@@ -99,9 +103,49 @@ def test_figure_png_is_deterministic_and_errors() -> None:
     second = figure_png(reliability_panels(runs, dpi=40), dpi=40)
     assert first == second and b"Software" not in first
     with Image.open(io.BytesIO(first)) as img:
-        assert img.size == (round(COLUMN_SIZE[0] * 40), round(COLUMN_SIZE[1] * 40))
+        assert img.size == (round((COLUMN_SIZE[0] + LEGEND_WIDTH) * 40), round(COLUMN_SIZE[1] * 40))
     for plot in (reliability_panels, reliability_overlay, selective_accuracy_plot):
         with pytest.raises(ConfigError, match="at least one run"):
             plot({})
     with pytest.raises(ConfigError):
         grid_shape(0)
+
+
+def _assert_legends_outside(fig: Any) -> int:
+    """Every legend of ``fig`` lies outside every axes' drawing area; returns how many."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend()] + list(fig.legends)
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        for ax in fig.axes:
+            assert not box.overlaps(ax.get_window_extent(renderer)), legend.get_texts()[0]
+    return len(legends)
+
+
+def test_legends_never_cover_the_data() -> None:
+    from llmcal.report.plots import confidence_shift_plot
+
+    runs = _runs(3)
+    assert _assert_legends_outside(reliability_panels(runs)) == 6  # diagram + histogram each
+    assert _assert_legends_outside(reliability_overlay(runs)[0].figure) == 1
+    assert _assert_legends_outside(selective_accuracy_plot(runs).figure) == 1
+    (a, _), (b, corr) = list(runs.values())[:2]
+    ax = confidence_shift_plot(a, b, corr, labels=("a long run name " * 3, "another " * 4))
+    assert _assert_legends_outside(ax.figure) == 1
+
+
+def test_under_confident_bins_are_hatched_and_explained() -> None:
+    from llmcal.report.plots import UNDER_HATCH, reliability_diagram
+
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0.3, 0.6, 400)
+    correct = rng.random(400) < 0.9  # far more accurate than confident in every bin
+    ax, _ = reliability_diagram(conf, correct, n_bins=10)
+    hatched = [p for p in ax.patches if p.get_hatch() == UNDER_HATCH]
+    assert len(hatched) == len(np.unique(np.ceil(conf * 10)))  # every non-empty bin
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "Gap, under-confident\n(accuracy > confidence)" in labels

@@ -147,6 +147,13 @@ def eval_table(rows: dict[str, dict[str, float]]) -> str:
     return render(["run", "n", *EVAL_COLUMNS], body)
 
 
+def world() -> tuple[int, int]:
+    """``(rank, world size)`` of a torchrun / accelerate launch (``(0, 1)`` alone)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
     """Split ``task``, fine-tune, save the adapter to ``args.out``, evaluate; return a summary."""
     from llmcal.finetune.run import SUMMARY_FILE, finetune
@@ -162,6 +169,14 @@ def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
     if config.gated and cal_fraction <= 0:
         raise ConfigError(f"--method {config.method} needs a calibration split: --cal-fraction > 0")
     parts = split_task(task, cal_fraction, args.test_fraction, config.seed)
+    rank, size = world()
+    # under torchrun every process runs this; only rank 0 talks, evaluates and writes
+    training_args: dict[str, Any] = {}
+    if size > 1:
+        from llmcal.models.hf import pick_device
+
+        if pick_device(args.device) == "cpu":
+            training_args["ddp_backend"] = "gloo"
     if args.no_eval or "test" not in parts:
         plan = "; no before / after evaluation"
     else:
@@ -170,13 +185,15 @@ def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
             f"; then a before / after evaluation on {n_eval} test questions (two scoring passes; "
             "size them with --eval-limit N, skip them with --no-eval)"
         )
-    print(
-        f"fine-tuning {args.model} with {config.method} on {len(parts['train'])} questions"
-        + (f" (cal {len(parts['cal'])})" if "cal" in parts else "")
-        + (f", test {len(parts['test'])}" if "test" in parts else "")
-        + plan,
-        flush=True,
-    )
+    if rank == 0:
+        print(
+            f"fine-tuning {args.model} with {config.method} on {len(parts['train'])} questions"
+            + (f" (cal {len(parts['cal'])})" if "cal" in parts else "")
+            + (f", test {len(parts['test'])}" if "test" in parts else "")
+            + (f" ({size} processes)" if size > 1 else "")
+            + plan,
+            flush=True,
+        )
     scorer = None
     knowledge = None
     if getattr(args, "report_knowledge", False):
@@ -191,7 +208,8 @@ def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
             shots=args.knowledge_shots,
             seed=config.seed,
         )
-        print(knowledge.summary_line(), flush=True)
+        if rank == 0:
+            print(knowledge.summary_line(), flush=True)
     result = finetune(
         args.model,
         parts["train"],
@@ -203,14 +221,15 @@ def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
         resume=args.resume,
         keep_checkpoints=args.keep_checkpoints,
         save_steps=args.save_steps,
-        progress=True,
+        progress=rank == 0,
         device=args.device,
+        training_args=training_args or None,
     )
-    summary: dict[str, Any] = {"adapter": str(out), "steps": result.steps}
+    summary: dict[str, Any] = {"adapter": str(out), "steps": result.steps, "rank": rank}
     extra: dict[str, Any] = {}
     if knowledge is not None:
         summary["knowledge"] = extra["knowledge"] = knowledge.to_dict()
-    if "test" in parts and not args.no_eval:
+    if "test" in parts and not args.no_eval and rank == 0:
         test = parts["test"]
         if eval_limit is not None and eval_limit < len(test):
             test = test.subset(eval_limit, seed=config.seed)
@@ -222,7 +241,7 @@ def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
         rows = {f"{args.model} (before)": before, f"+ {config.method} adapter": after}
         print(eval_table(rows), flush=True)
         summary["evaluation"] = extra["evaluation"] = {"before": before, "after": after}
-    if extra:
+    if extra and rank == 0:
         record = out / SUMMARY_FILE
         data = loads_json(record.read_text())
         data.update(extra)

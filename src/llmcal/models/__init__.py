@@ -1,6 +1,6 @@
 """Scorers: turn a Task into Scores (transformers in-process; HTTP endpoints later)."""
 
-from llmcal.models.base import MODES, NORMALIZATIONS, Scorer, build_scores
+from llmcal.models.base import MODES, NORMALIZATIONS, Scorer, build_scores, score_by_subject
 from llmcal.models.bundled import ALIGNED_MODEL, BASE_MODEL, BUNDLED, resolve_bundled
 from llmcal.models.hf import HFScorer, ModelSource, resolve_model
 
@@ -16,4 +16,5 @@ __all__ = [
     "build_scores",
     "resolve_bundled",
     "resolve_model",
+    "score_by_subject",
 ]

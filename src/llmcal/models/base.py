@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -94,3 +94,45 @@ def build_scores(task: Task, rows: Sequence[Sequence[float]], meta: dict[str, An
         subjects=subjects,
         n_options=np.array([len(q.choices) for q in task], dtype=np.int64),
     )
+
+
+def score_by_subject(
+    scorer: Scorer,
+    task: Task,
+    shots: Mapping[str, Sequence[Question]],
+    **kwargs: Any,
+) -> Scores:
+    """Score each subject of ``task`` with that subject's few-shot examples (MMLU five-shot).
+
+    One ``scorer.score`` call per subject, so a scorer that shares prompt prefixes (HFScorer)
+    runs a subject's instruction and examples once and reuses their KV cache for every question
+    of the subject. Rows come back in task order; ``meta["shot_ids"]`` maps subject → shot ids.
+    ``kwargs`` go to ``score``; the template defaults to ``fewshot-K``.
+    """
+    order: list[str] = []
+    for q in task:
+        if q.subject is None:
+            raise ConfigError(
+                f"question {q.id!r} of task {task.name!r} has no subject; per-subject few-shot "
+                "scoring needs the subject field (e.g. MMLU)"
+            )
+        if q.subject not in order:
+            order.append(q.subject)
+    missing = [s for s in order if s not in shots]
+    if missing:
+        raise ConfigError(
+            f"no few-shot examples for subject(s) {', '.join(missing)} of task {task.name!r}"
+        )
+    sizes = {len(shots[s]) for s in order}
+    if len(sizes) != 1:
+        raise ConfigError(f"every subject needs the same number of few-shot examples, got {sizes}")
+    k = sizes.pop()
+    kwargs.setdefault("template", f"fewshot-{k}")
+    parts = [scorer.score(task.filter(s), shots=shots[s], **kwargs) for s in order]
+    meta = {
+        **parts[0].meta,
+        "n_shots": k,
+        "shot_ids": {s: [q.id for q in shots[s]] for s in order},
+        "fewshot": "per-subject",
+    }
+    return Scores.concat(parts, meta=meta).by_ids(task.ids)

@@ -149,6 +149,19 @@ def _is_pickle_refusal(exc: BaseException) -> bool:
     )
 
 
+def _hub_token(env: str | None) -> str | None:
+    """The hub token from environment variable ``env`` (None: huggingface_hub reads HF_TOKEN)."""
+    if env is None:
+        return None
+    value = os.environ.get(env)
+    if not value:
+        raise ConfigError(
+            f"--hub-token-env {env}: the environment variable {env} is not set or empty; "
+            f"export {env}=<your token> (or leave the flag out to use HF_TOKEN)"
+        )
+    return value
+
+
 def length_batches(lengths: Sequence[int], max_items: int) -> Iterator[list[int]]:
     """Index batches of at most ``max_items``, longest first (padding waste is minimal)."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
@@ -171,6 +184,15 @@ def _common_prefix_len(seqs: Sequence[Sequence[int]], keep_last: int = 0) -> int
     return max(n, 0)
 
 
+@dataclass
+class SharedPrefix:
+    """A token prefix every prompt of a scoring call starts with, run once: its KV cache."""
+
+    length: int
+    cache: Any
+    mask: Any
+
+
 class HFScorer:
     """Score tasks with a transformers causal LM (see module docstring)."""
 
@@ -185,10 +207,24 @@ class HFScorer:
         trust_remote_code: bool = False,
         progress: bool | None = None,
         convert_cache: bool = True,
+        revision: str | None = None,
+        device_map: str | None = None,
+        attn_implementation: str | None = None,
+        hub_token_env: str | None = None,
+        load_in: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if load_in not in (None, "8bit", "4bit"):
+            raise ConfigError(f"load_in must be 8bit or 4bit, got {load_in!r}")
         import torch
+
+        self.revision = revision
+        self.device_map = device_map
+        self.attn_implementation = attn_implementation
+        self.load_in = load_in
+        # the token stays in this local: never on self, in meta, or in a message
+        token = _hub_token(hub_token_env)
 
         self.name = model
         self.source = resolve_model(model)
@@ -198,7 +234,10 @@ class HFScorer:
         self.progress = progress
         self.adapter = None if adapter is None else str(adapter)
         self.convert_cache = convert_cache
-        self.tokenizer, self.model = self._load(trust_remote_code)
+        self.tokenizer, self.model = self._load(trust_remote_code, token)
+        if device_map is not None or load_in is not None:
+            # placed by accelerate: inputs go where the embeddings are
+            self.device = str(self.model.get_input_embeddings().weight.device)
         self._torch = torch
         # Option logits are read in float32 whatever the weights' dtype: with bfloat16 weights
         # the lm-head output is rounded to 8 bits of mantissa (exact ties, up to 0.25 logit
@@ -218,12 +257,17 @@ class HFScorer:
         )
 
     # -- loading ----------------------------------------------------------------------------
-    def _load(self, trust_remote_code: bool) -> tuple[Any, Any]:
+    def _load(self, trust_remote_code: bool, token: str | None = None) -> tuple[Any, Any]:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         src = self.source
         load_dir = src.load_dir
         kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+        if self.revision is not None:
+            kwargs["revision"] = self.revision
+        if token is not None:
+            kwargs["token"] = token
+        model_kwargs = self._model_kwargs()
         if src.gguf_file:
             cached = converted_dir(Path(src.location)) if self.convert_cache else None
             if cached is not None and not (cached / _DONE).is_file():
@@ -234,7 +278,9 @@ class HFScorer:
                 kwargs["gguf_file"] = src.gguf_file
         try:
             tok = AutoTokenizer.from_pretrained(load_dir, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(load_dir, dtype=self.dtype, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(
+                load_dir, dtype=self.dtype, **kwargs, **model_kwargs
+            )
         except (OSError, ValueError, ImportError, pickle.UnpicklingError) as exc:
             hint = ""
             if _is_pickle_refusal(exc):
@@ -248,18 +294,41 @@ class HFScorer:
                     " (hub ids need network access; offline, pass a local directory, a .gguf "
                     f"file or a bundled alias: {', '.join(BUNDLED)})"
                 )
-            raise ModelError(
-                f"could not load model {self.name!r}: {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}{hint}"
-            ) from exc
+            message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            if token:
+                message = message.replace(token, "***")
+            raise ModelError(f"could not load model {self.name!r}: {message}{hint}") from None
         if self.adapter is not None:
             model = self._attach_adapter(model)
-        model = model.to(self.device)  # type: ignore[arg-type]  # transformers types .to oddly
+        if "device_map" not in model_kwargs:
+            model = model.to(self.device)  # type: ignore[arg-type]  # transformers types .to oddly
         model.eval()
         tok.padding_side = "left"
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
         return tok, model
+
+    def _model_kwargs(self) -> dict[str, Any]:
+        """``from_pretrained`` options of the model only: placement, attention, quantisation."""
+        out: dict[str, Any] = {}
+        if self.attn_implementation is not None:
+            out["attn_implementation"] = self.attn_implementation
+        if self.device_map is not None:
+            out["device_map"] = self.device_map
+        if self.load_in is not None:
+            import importlib.util
+
+            if importlib.util.find_spec("bitsandbytes") is None:
+                raise ModelError(
+                    f"--load-in {self.load_in} needs bitsandbytes, which is not installed: "
+                    "pip install bitsandbytes (it quantises on CUDA GPUs)"
+                )
+            from transformers import BitsAndBytesConfig
+
+            bits = {"load_in_8bit": True} if self.load_in == "8bit" else {"load_in_4bit": True}
+            out["quantization_config"] = BitsAndBytesConfig(**bits)
+            out.setdefault("device_map", "auto" if self.device == "cpu" else self.device)
+        return out
 
     def _convert(self, target: Path) -> None:
         """Dequantise the GGUF once and save it as a transformers directory (atomically)."""
@@ -326,7 +395,7 @@ class HFScorer:
         if mode == "letter":
             rows, extra = self._score_letter(task, tmpl, shots)
         else:
-            rows, extra = self._score_cloze(task, tmpl, normalization)
+            rows, extra = self._score_cloze(task, tmpl, normalization, shots)
         return build_scores(task, rows, self._meta(mode, tmpl, shots, extra))
 
     def score_permuted(
@@ -411,6 +480,16 @@ class HFScorer:
             "dtype": str(self.dtype).removeprefix("torch."),
             "batch_size": self.batch_size,
             "head_dtype": "float32",
+            **{
+                k: v
+                for k, v in (
+                    ("revision", self.revision),
+                    ("device_map", self.device_map),
+                    ("attn_implementation", self.attn_implementation),
+                    ("load_in", self.load_in),
+                )
+                if v is not None
+            },
             **extra,
         }
 
@@ -469,9 +548,10 @@ class HFScorer:
         encoded = [self._encode(p, tmpl.chat) for p in prompts]
         rows: list[list[float]] = [[] for _ in task]
         index = torch.tensor(token_ids, device=self.device)
+        prefix = self._shared_prefix(encoded)
         with self._bar(len(task)) as bar:
             for batch in length_batches([len(e) for e in encoded], self.batch_size):
-                logits = self._last_logits([encoded[i] for i in batch], vocab=index)
+                logits = self._last_logits([encoded[i] for i in batch], prefix, vocab=index)
                 opt = logits.double().cpu().numpy()
                 for j, i in enumerate(batch):
                     rows[i] = opt[j, : len(task[i].choices)].tolist()
@@ -509,12 +589,16 @@ class HFScorer:
         return ctx, cont
 
     def _score_cloze(
-        self, task: Task, tmpl: Template, normalization: Normalization
+        self,
+        task: Task,
+        tmpl: Template,
+        normalization: Normalization,
+        shots: Sequence[Question] = (),
     ) -> tuple[list[list[float]], dict[str, Any]]:
         # per question: the shared context ids and, per option, (continuation ids, n_chars)
         items: list[tuple[list[int], list[tuple[list[int], int]]]] = []
         for q in task:
-            context, conts = tmpl.cloze(q)
+            context, conts = tmpl.cloze(q, shots)
             if tmpl.chat:
                 context = self.render_letter(
                     Question(q.id, q.question, q.choices, context=q.context), tmpl
@@ -527,19 +611,27 @@ class HFScorer:
                 options.append((cont_ids, len(cont)))
             items.append((ctx_ids, options))
         rows: list[list[float]] = [[] for _ in task]
+        prefix = self._shared_prefix([c for c, _ in items])
         with self._bar(len(task)) as bar:
             for batch in length_batches([len(c) for c, _ in items], self.batch_size):
-                sums = self._cloze_loglik([items[i] for i in batch])
+                sums = self._cloze_loglik([items[i] for i in batch], prefix)
                 for i, logps in zip(batch, sums, strict=True):
                     rows[i] = [
                         self._normalize(lp, len(cont), n_chars, normalization)
                         for lp, (cont, n_chars) in zip(logps, items[i][1], strict=True)
                     ]
                 bar.update(len(batch))
-        return rows, {"logit_kind": "loglikelihood", "normalization": normalization}
+        first_context, first_conts = tmpl.cloze(task[0], shots)
+        return rows, {
+            "logit_kind": "loglikelihood",
+            "normalization": normalization,
+            "example_prompt": first_context + first_conts[0],
+        }
 
     def _cloze_loglik(
-        self, batch: Sequence[tuple[list[int], list[tuple[list[int], int]]]]
+        self,
+        batch: Sequence[tuple[list[int], list[tuple[list[int], int]]]],
+        prefix: SharedPrefix | None = None,
     ) -> list[list[float]]:
         """Summed continuation log-probs, the shared context run once per question.
 
@@ -547,12 +639,28 @@ class HFScorer:
         repeated per option and only the continuation tokens are run on top of it. The result
         equals scoring each ``context + continuation`` sequence on its own (up to float
         rounding), at the cost of one context pass per question instead of one per option.
+        With ``prefix`` (the task's shared instruction / few-shot examples, already run), only
+        each context's remainder is run, on top of a copy of the prefix's cache.
         """
         torch = self._torch
         owner = [i for i, (_, opts) in enumerate(batch) for _ in opts]
         conts = [cont for _, opts in batch for cont, _ in opts]
         with torch.inference_mode():
-            last, cache, mask = self._run_prefixes([ctx for ctx, _ in batch])
+            if prefix is None:
+                last, cache, mask = self._run_prefixes([ctx for ctx, _ in batch])
+            else:
+                cache = self._fork_cache(prefix.cache)
+                rests = [ctx[prefix.length :] for ctx, _ in batch]
+                last, mask = self._run_on_cache(
+                    cache,
+                    prefix.mask,
+                    [0] * len(batch),
+                    rests,
+                    align="left",
+                    keep=1,
+                    with_mask=True,
+                )
+                last = last[:, -1, :]
             # the first continuation token is predicted by the context's last position
             first = torch.log_softmax(last.float(), dim=-1)
             totals = first[owner, [c[0] for c in conts]].double()
@@ -577,16 +685,54 @@ class HFScorer:
             j += len(opts)
         return result
 
-    def _last_logits(self, seqs: Sequence[Sequence[int]], vocab: Any = None) -> Any:
-        """Last-position float32 logits of ``seqs`` (only the vocabulary ids ``vocab`` if given); a
-        prefix they all share (the template's instruction, a system prompt, few-shot examples)
-        is run once and its KV cache reused by every row."""
+    def _shared_prefix(self, seqs: Sequence[Sequence[int]]) -> SharedPrefix | None:
+        """Run the token prefix all ``seqs`` share once (None when under SHARED_PREFIX_MIN).
+
+        Every sequence keeps at least one token of its own, so its last logits come from its
+        own pass. The prefix's KV cache is kept for the whole scoring call and copied per batch
+        (``_fork_cache``): few-shot examples are computed once per task, not once per question.
+        """
         n = _common_prefix_len(seqs, keep_last=1) if len(seqs) > 1 else 0
         if n < SHARED_PREFIX_MIN:
-            return self._forward(seqs, keep=1, vocab=vocab)[:, -1, :]
-        torch = self._torch
-        with torch.inference_mode():
+            return None
+        with self._torch.inference_mode():
             _, cache, mask = self._run_prefixes([seqs[0][:n]], head=False)
+        return SharedPrefix(n, cache, mask)
+
+    def _fork_cache(self, cache: Any) -> Any:
+        """A copy of a KV cache that shares its key/value tensors (they are never written in
+        place: a forward pass or ``reorder_cache`` replaces them with new tensors)."""
+        import copy
+
+        memo: dict[int, Any] = {}
+        for layer in getattr(cache, "layers", ()):
+            for name in ("keys", "values"):
+                tensor = getattr(layer, name, None)
+                if tensor is not None:
+                    memo[id(tensor)] = tensor
+        return copy.deepcopy(cache, memo)
+
+    def _last_logits(
+        self,
+        seqs: Sequence[Sequence[int]],
+        prefix: SharedPrefix | None = None,
+        vocab: Any = None,
+    ) -> Any:
+        """Last-position float32 logits of ``seqs`` (only the vocabulary ids ``vocab`` if given); a prefix they all share (the template's instruction,
+        a system prompt, few-shot examples) is run once and its KV cache reused by every row.
+
+        ``prefix``: one already run for the whole task (every row starts with it)."""
+        torch = self._torch
+        if prefix is None:
+            n = _common_prefix_len(seqs, keep_last=1) if len(seqs) > 1 else 0
+            if n < SHARED_PREFIX_MIN:
+                return self._forward(seqs, keep=1, vocab=vocab)[:, -1, :]
+            with torch.inference_mode():
+                _, cache, mask = self._run_prefixes([seqs[0][:n]], head=False)
+        else:
+            n, mask = prefix.length, prefix.mask
+            cache = self._fork_cache(prefix.cache)
+        with torch.inference_mode():
             logits = self._run_on_cache(
                 cache,
                 mask,
@@ -680,12 +826,15 @@ class HFScorer:
         align: str,
         keep: int,
         vocab: Any = None,
+        with_mask: bool = False,
     ) -> Any:
         """Logits of ``suffixes`` run on top of the cached prefixes (suffix r on ``owner[r]``).
 
         The cache is repeated to one row per suffix. ``align="right"`` pads suffixes on the right
         (logits of every position: ``keep=0``); ``"left"`` pads on the left, so ``keep=1``
-        gives every suffix's last position. Positions continue each prefix's own length.
+        gives every suffix's last position. Positions continue each prefix's own length (pad
+        columns inside the mask are skipped). ``with_mask``: also return the attention mask of
+        the extended cache, so it can be continued once more.
         """
         torch = self._torch
         dev = self.device
@@ -700,16 +849,17 @@ class HFScorer:
         cache.reorder_cache(rows.to(dev))
         start = prefix_mask.sum(-1)[rows]
         position_ids = start[:, None] + (mask.cumsum(-1) - 1).clamp(min=0)
+        full_mask = torch.cat([prefix_mask[rows], mask], dim=-1)
         logits, _ = self._call(
             vocab=vocab,
             input_ids=inp.to(dev),
-            attention_mask=torch.cat([prefix_mask[rows], mask], dim=-1).to(dev),
+            attention_mask=full_mask.to(dev),
             position_ids=position_ids.to(dev),
             logits_to_keep=keep,
             use_cache=True,
             **{self._cache_kw: cache},
         )
-        return logits
+        return (logits, full_mask) if with_mask else logits
 
     @staticmethod
     def _normalize(logp: float, n_tokens: int, n_chars: int, how: Normalization) -> float:

@@ -196,6 +196,10 @@ def _provenance(run: ReportRun) -> dict[str, Any]:
         "logit_kind": kind,
         "logit_kind_text": LOGIT_KIND_TEXT.get(str(kind)) if kind is not None else None,
         "backend": meta.get("backend"),
+        "device": meta.get("device"),
+        "dtype": meta.get("dtype"),
+        "seconds": meta.get("seconds"),
+        "prompt": meta.get("example_prompt"),
         "adapter": meta.get("adapter"),
         "calibration": calibration,
         "scores_llmcal_version": meta.get("llmcal_version"),
@@ -208,6 +212,10 @@ def _provenance(run: ReportRun) -> dict[str, Any]:
 def _has_temperature(entry: dict[str, Any]) -> bool:
     params = entry.get("params")
     return isinstance(params, dict) and isinstance(params.get("temperature"), float | int)
+
+
+#: Subjects with fewer questions are left out of the subject table (their ECE is mostly noise).
+DEFAULT_MIN_SUBJECT_N = 20
 
 
 def _settings(
@@ -276,6 +284,7 @@ def build_report(
     tolerance: float = DEFAULT_TOLERANCE,
     title: str = "Calibration report",
     guarantees: Mapping[str, Any] | None = None,
+    min_subject_n: int = DEFAULT_MIN_SUBJECT_N,
 ) -> Report:
     """Evaluate every run, compare runs on shared questions and record the provenance.
 
@@ -284,8 +293,12 @@ def build_report(
     :func:`llmcal.metrics.evaluate`; ``tolerance`` is the confidence change below which a
     question counts as unchanged in the drift section. ``guarantees`` (from
     :func:`llmcal.report.guarantees.guarantees_data`) adds the conformal / selective section.
+    The subject × run table keeps subjects with at least ``min_subject_n`` questions (in some
+    run), with bootstrap CIs.
     """
     items = _as_runs(runs)
+    if isinstance(min_subject_n, bool) or not isinstance(min_subject_n, int) or min_subject_n < 1:
+        raise ConfigError(f"min_subject_n must be a positive integer, got {min_subject_n!r}")
     b = check_n_bins(n_bins)
     check_binning(binning)
     if isinstance(tolerance, bool) or not (
@@ -339,6 +352,7 @@ def build_report(
         "runs": run_data,
         "drift": drift_data,
         "has_subjects": any(r.scores.subjects is not None for r in items),
+        "subject_table": subject_table(items, b, binning, n_resamples, seed, alpha, min_subject_n),
     }
     if guarantees:
         if guarantees.get("run") not in {r.name for r in items}:
@@ -347,6 +361,69 @@ def build_report(
             )
         data["guarantees"] = dict(guarantees)
     return Report(data=data, runs=items)
+
+
+def _mean(x: np.ndarray) -> float:
+    return float(np.mean(x))
+
+
+def subject_table(
+    runs: Sequence[ReportRun],
+    n_bins: int,
+    binning: cal.Binning,
+    n_resamples: int,
+    seed: int | None,
+    alpha: float,
+    min_n: int,
+) -> dict[str, Any]:
+    """Subject × run: n, accuracy and ECE with percentile bootstrap CIs, gap.
+
+    A subject is listed when some run has at least ``min_n`` of its questions; a run with
+    fewer gets None in that row (its ECE would be mostly noise). ``hidden`` names the rest.
+    """
+    from llmcal.metrics.bootstrap import bootstrap_ci
+
+    per_run: list[dict[str, tuple[np.ndarray, np.ndarray]]] = []
+    for run in runs:
+        s = run.scores
+        groups: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if s.subjects is not None:
+            names = np.array(["(none)" if x is None else str(x) for x in s.subjects.tolist()])
+            conf, corr = s.confidences(), s.correct().astype(np.float64)
+            for name in sorted(set(names.tolist())):
+                rows = names == name
+                groups[name] = (conf[rows], corr[rows])
+        per_run.append(groups)
+    subjects = sorted({name for g in per_run for name in g})
+    shown, hidden = [], []
+    for name in subjects:
+        sizes = [len(g[name][0]) if name in g else 0 for g in per_run]
+        if max(sizes) < min_n:
+            hidden.append(name)
+            continue
+        cells: dict[str, Any] = {}
+        for run, g in zip(runs, per_run, strict=True):
+            if name not in g or len(g[name][0]) < min_n:
+                cells[run.name] = None
+                continue
+            conf, corr = g[name]
+            acc, acc_lo, acc_hi = bootstrap_ci(
+                _mean, corr, n_resamples=n_resamples, alpha=alpha, seed=seed
+            )
+            ece, ece_lo, ece_hi = bootstrap_ci(
+                cal.ece, conf, corr, n_bins=n_bins, binning=binning,
+                n_resamples=n_resamples, alpha=alpha, seed=seed,
+            )  # fmt: skip
+            cells[run.name] = {
+                "n": int(conf.shape[0]),
+                "accuracy": acc,
+                "accuracy_ci": [acc_lo, acc_hi],
+                "ece": ece,
+                "ece_ci": [ece_lo, ece_hi],
+                "overconfidence": float(conf.mean() - corr.mean()),
+            }
+        shown.append({"subject": name, "runs": cells})
+    return {"min_n": min_n, "rows": shown, "hidden": hidden}
 
 
 def confidences_and_correct(report: Report) -> dict[str, tuple[np.ndarray, np.ndarray]]:

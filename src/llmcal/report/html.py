@@ -55,17 +55,25 @@ table.sortable thead th { cursor: pointer; user-select: none; }
 table.sortable thead th[aria-sort="ascending"]::after { content: " \\25B2"; font-size: 10px; }
 table.sortable thead th[aria-sort="descending"]::after { content: " \\25BC"; font-size: 10px; }
 td.wrap { white-space: normal; text-align: left; max-width: 380px; overflow-wrap: anywhere; }
+td.pair { min-width: 170px; max-width: 260px; }
+td span.ci { display: block; color: var(--muted); font-size: 12px; }
+td details summary { cursor: pointer; color: var(--accent); }
+td pre.prompt { white-space: pre-wrap; overflow-wrap: anywhere; font-size: 12px; max-height: 28em;
+  overflow-y: auto; background: #fafafa; border: 1px solid #eee; padding: 6px; margin: 4px 0 0; }
 .swatch { display: inline-block; width: 11px; height: 11px; border-radius: 2px;
   margin-right: 7px; vertical-align: -1px; }
 .over { color: #a84300; } .under { color: #005a8c; }
 .note { color: var(--muted); font-size: 13px; margin: 4px 0 10px; max-width: 900px; }
 figure { margin: 14px 0 18px; }
 figure img { display: block; max-width: 100%; height: auto; border: 1px solid #eee; }
+figure img.wide { width: 100%; }
 figcaption { color: var(--muted); font-size: 13px; margin-top: 4px; max-width: 900px; }
 .row { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
 dl.settings { display: grid; grid-template-columns: max-content 1fr; gap: 3px 16px; font-size: 14px; }
 dl.settings dt { font-weight: 600; } dl.settings dd { margin: 0; }
 .skipped { color: #a84300; }
+.muted { color: var(--muted); }
+thead th.group { text-align: center; border-bottom: 1px solid #9a9a9a; }
 footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
 """
 
@@ -92,7 +100,8 @@ _JS = """
     rows.forEach(function (r) { body.appendChild(r); });
   }
   Array.prototype.forEach.call(document.querySelectorAll("table.sortable"), function (table) {
-    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, col) {
+    var head = table.tHead.rows[table.tHead.rows.length - 1];
+    Array.prototype.forEach.call(head.cells, function (th, col) {
       th.tabIndex = 0;
       th.title = "sort by " + th.textContent;
       th.addEventListener("click", function () { sortBy(table, th, col); });
@@ -108,8 +117,9 @@ _READING = """
 <p>Each bar is one confidence bin. Its height is the <em>accuracy</em> of the answers in that
 bin; the shaded part up to the diagonal is the <em>gap</em> between the confidence the model
 stated and the accuracy it achieved. A calibrated model's bars reach the diagonal. Bars below
-the diagonal mean over-confidence (the usual case for instruction-tuned models), bars above it
-under-confidence. The numbers at the foot of the bars are the questions per bin, and the
+the diagonal mean over-confidence (the usual case for instruction-tuned models; the gap is
+shaded orange, hatched ///), bars above it under-confidence (the part of the bar above the
+diagonal is hatched \\\\\\ in dark ink). The numbers at the foot of the bars are the questions per bin, and the
 histogram below shows where the confidences lie: a large gap in a nearly empty bin matters
 little, which is why ECE weights each bin's gap by its share of the questions.</p>
 """
@@ -125,13 +135,14 @@ def _num_attr(value: Any) -> str:
     return repr(float(value))
 
 
-def _img(fig: Figure | SubFigure, alt: str, dpi: int = HTML_DPI) -> str:
+def _img(fig: Figure | SubFigure, alt: str, dpi: int = HTML_DPI, wide: bool = False) -> str:
     from llmcal.report.plots import figure_png
 
     root = cast("Figure", fig)  # plots draw on their own top-level figures
     data = base64.b64encode(figure_png(root, dpi=dpi)).decode("ascii")
     w, h = (round(x * dpi) for x in root.get_size_inches())
-    return f'<img src="data:image/png;base64,{data}" width="{w}" height="{h}" alt="{_e(alt)}">'
+    cls = ' class="wide"' if wide else ""
+    return f'<img{cls} src="data:image/png;base64,{data}" width="{w}" height="{h}" alt="{_e(alt)}">'
 
 
 def _figure(img: str, caption: str) -> str:
@@ -218,15 +229,18 @@ def _reliability(report: Report) -> str:
         ax, _ = reliability_overlay(runs, n_bins=b, binning=binning, title="All runs")
         parts.append(
             _figure(
-                _img(ax.figure, "Reliability overlay of all runs"),
+                _img(ax.figure, "Reliability overlay of all runs", wide=True),
                 "All runs on one diagram: per-bin accuracy against mean confidence (marker "
                 "area ∝ share of questions); below, where each run's confidences lie.",
             )
         )
-    fig = reliability_panels(runs, n_bins=b, binning=binning, dpi=HTML_DPI)
+    # two panels a row: three would shrink their text below reading size at the page width
+    fig = reliability_panels(runs, n_bins=b, binning=binning, dpi=HTML_DPI, max_columns=2)
     parts.append(
         _figure(
-            _img(fig, "Reliability diagram and confidence histogram of each run"),
+            _img(
+                fig, "Reliability diagram and confidence histogram of each run", wide=len(runs) > 1
+            ),
             f"One panel per run: accuracy per confidence bin ({b} {binning} bins) with the "
             "question count at the foot of each bar, the gap to the diagonal shaded; below, "
             "the confidence histogram with the mean confidence and the accuracy.",
@@ -257,7 +271,7 @@ def _selective(report: Report) -> str:
     return (
         '<section id="selective"><h2>Selective accuracy</h2>'
         + _figure(
-            _img(ax.figure, "Selective accuracy against coverage"),
+            _img(ax.figure, "Selective accuracy against coverage", wide=True),
             "Answer only the most confident questions: accuracy on the kept share (the "
             "risk–coverage curve, as 1 − risk). Higher and flatter to the left is better; AURC "
             "is the area under the risk–coverage curve (lower is better).",
@@ -267,43 +281,71 @@ def _selective(report: Report) -> str:
     )
 
 
+def _ci_cell(value: float, ci: Sequence[float]) -> str:
+    """A value with its interval on a second, smaller line (keeps the wide table narrow)."""
+    lo, hi = ci
+    interval = "" if lo != lo or hi != hi else f"[{lo:.3f}, {hi:.3f}]"  # NaN: no interval
+    return (
+        f'<td data-value="{_num_attr(value)}">{value:.3f}'
+        f'<span class="ci">{_e(interval)}</span></td>'
+    )
+
+
 def _subjects(data: Mapping[str, Any]) -> str:
-    rows: list[tuple[float, list[str]]] = []
-    for i, run in enumerate(data["runs"]):
-        for subject, m in (run["metrics"].get("subjects") or {}).items():
-            gap = m.get("overconfidence")
-            cells = [
-                _run_cell(run["name"], i),
-                _td(subject, cls="text"),
-                _td(str(m["n"]), m["n"]),
-                _td(_f(m["accuracy"]), m["accuracy"]),
-                _td(_f(m["mean_confidence"]), m["mean_confidence"]),
-                _td(_f(m["ece"]), m["ece"]),
-                _td(_f(gap, "{:+.4f}"), gap),
-                _td(_f(m["brier"]), m["brier"]),
-                _td(_f(m.get("auroc")), m.get("auroc")),
-            ]
-            rows.append((m["ece"], cells))
-    if not rows:
+    table = data.get("subject_table") or {}
+    if not data.get("has_subjects") or not table:
         return ""
-    rows.sort(key=lambda r: -r[0])
-    header = [
-        _th("Run", numeric=False),
-        _th("Subject", numeric=False),
-        _th("n"),
-        _th("Accuracy"),
-        _th("Mean confidence"),
-        _th("ECE", sort="descending"),
-        _th("Gap (conf − acc)"),
-        _th("Brier"),
-        _th("AUROC"),
+    runs = [r["name"] for r in data["runs"]]
+    min_n, hidden = table["min_n"], table["hidden"]
+    level = data["settings"]["ci"]["level"]
+    group = ['<th class="text"></th><th></th>'] + [
+        f'<th class="text group" colspan="3">{_e(name)}</th>' for name in runs
     ]
+    header = [_th("Subject", numeric=False), _th("n")]
+    for i in range(len(runs)):
+        header += [
+            _th(f"Accuracy [{level} CI]"),
+            _th(f"ECE [{level} CI]", sort="descending" if i == 0 else None),
+            _th("Gap"),
+        ]
+    rows = []
+    first = runs[0]
+
+    def first_ece(row: Mapping[str, Any]) -> float:
+        cell = row["runs"].get(first)
+        return -1.0 if cell is None else float(cell["ece"])
+
+    for row in sorted(table["rows"], key=lambda r: -first_ece(r)):
+        sizes = [c["n"] for c in row["runs"].values() if c is not None]
+        n_text = str(sizes[0]) if len(set(sizes)) == 1 else " / ".join(map(str, sizes))
+        cells = [_td(row["subject"], cls="text"), _td(n_text, max(sizes))]
+        for name in runs:
+            c = row["runs"].get(name)
+            if c is None:
+                cells += [_td(f"n < {min_n}", cls="muted")] + [_td("")] * 2
+                continue
+            gap = c["overconfidence"]
+            cells += [
+                _ci_cell(c["accuracy"], c["accuracy_ci"]),
+                _ci_cell(c["ece"], c["ece_ci"]),
+                _td(f"{gap:+.3f}", gap, cls="over" if gap > 0 else "under"),
+            ]
+        rows.append(cells)
+    note = (
+        f"One row per subject, one column group per run, sorted by the ECE of {_e(first)} "
+        f"(click a header to sort). Only subjects with at least {min_n} questions are shown "
+        "(<code>--min-subject-n</code>): ECE of a small subject is noisy and biased upwards."
+    )
+    if hidden:
+        note += f" {len(hidden)} smaller subject{'s' if len(hidden) != 1 else ''} hidden: "
+        note += _e(", ".join(hidden)) + "."
+    body = "".join(f"<tr>{''.join(r)}</tr>" for r in rows)
     return (
         '<section id="subjects"><h2>Subjects</h2>'
-        '<p class="note">Per subject and run, sorted by ECE (click a header to sort). ECE of a '
-        "small subject is noisy and biased upwards: compare it with n.</p>"
-        + _table(header, [r[1] for r in rows], sortable=True, id_="subject-table")
-        + "</section>"
+        f'<p class="note">{note}</p>'
+        '<div class="scroll"><table id="subject-table" class="sortable"><thead>'
+        f"<tr>{''.join(group)}</tr><tr>{''.join(header)}</tr></thead>"
+        f"<tbody>{body}</tbody></table></div></section>"
     )
 
 
@@ -343,7 +385,7 @@ def _drift(report: Report) -> str:
         lo, hi = e["delta_ece_ci"]
         rows.append(
             [
-                _td(f"{e['before']} → {e['after']}", cls="text"),
+                _td(f"{e['before']} → {e['after']}", cls="wrap pair"),
                 _td(str(e["n_common"]), e["n_common"]),
                 _td(_f(e["ece_before"]), e["ece_before"]),
                 _td(_f(e["ece_after"]), e["ece_after"]),
@@ -411,6 +453,10 @@ _PROVENANCE_ROWS: tuple[tuple[str, str], ...] = (
     ("n_shots", "Few-shot examples"),
     ("logit_kind", "What the logits are"),
     ("backend", "Backend"),
+    ("device", "Device"),
+    ("dtype", "Weights dtype"),
+    ("seconds", "Scoring time"),
+    ("prompt", "Prompt (first question)"),
     ("adapter", "Adapter"),
     ("calibration", "Calibration applied"),
     ("calibrator_file", "Calibrator file"),
@@ -439,9 +485,24 @@ def _prov_value(key: str, prov: Mapping[str, Any]) -> str:
                 )
             steps.append(step)
         return " → ".join(steps) if steps else "none"
+    if key == "seconds" and isinstance(value, int | float):
+        return f"{value:,.1f} s"
     if value is None:
         return "—"
     return str(value)
+
+
+def _prompt_cell(prompt: Any) -> str:
+    """The rendered prompt of a run, folded: its first line opens the whole text."""
+    if prompt is None:
+        return "<td>—</td>"
+    text = prompt if isinstance(prompt, str) else str(prompt)
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    summary = first if len(first) <= 60 else first[:57] + "…"
+    return (
+        f'<td class="wrap"><details><summary>{_e(summary)} ({len(text):,} characters)</summary>'
+        f'<pre class="prompt">{_e(text)}</pre></details></td>'
+    )
 
 
 def _provenance(data: Mapping[str, Any]) -> str:
@@ -456,9 +517,17 @@ def _provenance(data: Mapping[str, Any]) -> str:
             "calibrator_file",
             "calibrated_from",
             "n_shots",
+            "device",
+            "dtype",
+            "seconds",
+            "prompt",
         ) and all(v in ("—", "0") for v in values):
             continue
-        rows.append([_td(label, cls="text")] + [_td(v, cls="wrap") for v in values])
+        if key == "prompt":
+            cells = [_prompt_cell(r["provenance"].get("prompt")) for r in runs]
+        else:
+            cells = [_td(v, cls="wrap") for v in values]
+        rows.append([_td(label, cls="text"), *cells])
     s = data["settings"]
     settings = {
         "Confidence": s["confidence"],

@@ -94,29 +94,32 @@ def _drift(data: Mapping[str, Any]) -> list[str]:
 
 
 def _subjects(data: Mapping[str, Any]) -> list[str]:
+    table = data.get("subject_table") or {"rows": [], "hidden": [], "min_n": 0}
+    runs = [r["name"] for r in data["runs"]]
+    header = ["subject"] + [f"{name}: n, accuracy, ECE [CI], gap" for name in runs]
     rows = []
-    for r in data["runs"]:
-        for subject, m in (r["metrics"].get("subjects") or {}).items():
-            rows.append(
-                (
-                    m["ece"],
-                    [
-                        r["name"],
-                        subject,
-                        m["n"],
-                        _f(m["accuracy"]),
-                        _f(m["mean_confidence"]),
-                        _f(m["ece"]),
-                        _f(m["overconfidence"], "{:+.4f}"),
-                    ],
-                )
+    for row in table["rows"]:
+        cells = [row["subject"]]
+        for name in runs:
+            c = row["runs"].get(name)
+            if c is None:
+                cells.append(f"n < {table['min_n']}")
+                continue
+            lo, hi = c["ece_ci"]
+            cells.append(
+                f"{c['n']}, {c['accuracy']:.3f}, {c['ece']:.3f} [{lo:.3f}, {hi:.3f}], "
+                f"{c['overconfidence']:+.3f}"
             )
-    rows.sort(key=lambda x: -x[0])
-    header = ["run", "subject", "n", "accuracy", "mean confidence", "ECE", "gap"]
+        rows.append(cells)
+    note = f"Subjects with at least {table['min_n']} questions"
+    if table["hidden"]:
+        note += f"; {len(table['hidden'])} smaller ones left out"
     return [
-        "<details><summary>Per subject, sorted by ECE</summary>",
+        "<details><summary>Per subject and run</summary>",
         "",
-        *_table(header, [r[1] for r in rows], "llrrrrr"),
+        f"_{note}._",
+        "",
+        *_table(header, rows, "l" + "r" * len(runs)),
         "",
         "</details>",
     ]

@@ -59,6 +59,13 @@ RUN_COLORS = tuple(
 )
 GAP_COLOR = OKABE_ITO["vermillion"]
 _INK = "#333333"
+#: Under-confident gaps (accuracy above confidence) are hatched in ink the other way.
+UNDER_HATCH = "\\\\\\"
+#: Extra width in inches a diagram gets for its legend, drawn outside the axes on the right.
+LEGEND_WIDTH = 2.0
+#: Size in inches of the one-axes comparison figures (overlay; selective accuracy is lower):
+#: the width of a report page at its image resolution.
+WIDE_SIZE = (11.0, 6.5)
 _MARKERS = ("o", "s", "^", "D", "v", "P")
 _LINESTYLES = ("-", "--", "-.", ":")
 
@@ -131,6 +138,7 @@ def _draw_diagram(
     left = np.minimum(data.edges[:-1][full], 1.0 - width)
     acc, conf, count = data.accuracy[full], data.confidence[full], data.count[full]
     ece = data.ece()
+    over = conf >= acc
     ax.grid(True, color="#e5e5e5", linewidth=0.6, zorder=0)
     ax.bar(
         left,
@@ -144,17 +152,29 @@ def _draw_diagram(
         zorder=2,
     )
     ax.bar(
-        left,
-        conf - acc,
-        width,
-        bottom=acc,
+        left[over],
+        (conf - acc)[over],
+        width[over],
+        bottom=acc[over],
         align="edge",
         facecolor=GAP_COLOR,
         alpha=0.3,
         edgecolor=GAP_COLOR,
         linewidth=0.7,
         hatch="///",
-        label=f"Gap (ECE = {ece:.3f})",
+        zorder=3,
+    )
+    # an under-confident bin's gap lies inside its accuracy bar, from the confidence up
+    ax.bar(
+        left[~over],
+        (acc - conf)[~over],
+        width[~over],
+        bottom=conf[~over],
+        align="edge",
+        facecolor="none",
+        edgecolor=_INK,
+        linewidth=0.7,
+        hatch=UNDER_HATCH,
         zorder=3,
     )
     ax.plot(
@@ -188,11 +208,58 @@ def _draw_diagram(
         ax.set_xlabel("Confidence")
     else:
         ax.tick_params(labelbottom=False)
-    ax.legend(
-        loc="upper left", frameon=False, title=f"n = {int(data.count.sum()):,}", alignment="left"
+    _legend_right(
+        ax,
+        handles=_diagram_handles(color),
+        title=f"n = {int(data.count.sum()):,}\nECE = {ece:.3f}",
+        alignment="left",
     )
     if title:
-        ax.set_title(title)
+        ax.set_title(_wrap(title))
+
+
+def _diagram_handles(color: str) -> list[Any]:
+    """Legend entries of a reliability diagram, both gap kinds always explained."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    return [
+        Patch(facecolor=color, edgecolor="white", label="Accuracy"),
+        Patch(
+            facecolor=mpl_rgba(GAP_COLOR, 0.3),
+            edgecolor=GAP_COLOR,
+            hatch="///",
+            label="Gap, over-confident\n(confidence > accuracy)",
+        ),
+        Patch(
+            facecolor=color,
+            edgecolor=_INK,
+            hatch=UNDER_HATCH,
+            label="Gap, under-confident\n(accuracy > confidence)",
+        ),
+        Line2D([0], [0], linestyle="--", color=_INK, linewidth=1.1, label="Perfect calibration"),
+    ]
+
+
+def mpl_rgba(color: str, alpha: float) -> tuple[float, float, float, float]:
+    """``color`` with transparency ``alpha`` as an RGBA tuple."""
+    from matplotlib.colors import to_rgba
+
+    return to_rgba(color, alpha)
+
+
+def _legend_right(ax: Axes, **kwargs: Any) -> Any:
+    """A legend outside the axes, to their right, so it never covers what they show."""
+    return ax.legend(
+        loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False, **kwargs
+    )
+
+
+def _wrap(text: str, width: int = 38) -> str:
+    """A plot title broken into lines, so a long run name is not cut at the figure edge."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)) or text
 
 
 def _draw_histogram(ax: Axes, data: ReliabilityData, color: str) -> None:
@@ -225,7 +292,7 @@ def _draw_histogram(ax: Axes, data: ReliabilityData, color: str) -> None:
     ax.set_xlabel("Confidence")
     ax.set_ylabel("Share")
     ax.grid(True, axis="y", color="#e5e5e5", linewidth=0.6, zorder=0)
-    ax.legend(loc="upper left", ncols=2, frameon=False, fontsize=7, handlelength=1.6)
+    _legend_right(ax, fontsize=7, handlelength=1.6)
 
 
 def grid_shape(n_panels: int, max_columns: int = 3) -> tuple[int, int]:
@@ -258,7 +325,7 @@ def reliability_figure(
     row_height = COLUMN_SIZE[1] if with_hist else COLUMN_SIZE[1] * 0.75
     with mpl.rc_context(_STYLE):
         fig = Figure(
-            figsize=(COLUMN_SIZE[0] * n_columns, row_height * n_rows),
+            figsize=((COLUMN_SIZE[0] + LEGEND_WIDTH) * n_columns, row_height * n_rows),
             dpi=dpi,
             layout="constrained",
         )
@@ -396,7 +463,7 @@ def reliability_overlay(
     with mpl.rc_context(_STYLE):
         if ax is None:
             fig = reliability_figure(1)
-            fig.set_size_inches(COLUMN_SIZE[0] * 1.5, COLUMN_SIZE[1] * 1.2)
+            fig.set_size_inches(*WIDE_SIZE)
             ax, hist_ax = fig.axes[0], fig.axes[1]
         ax.grid(True, color="#e5e5e5", linewidth=0.6, zorder=0)
         _diagonal(ax)
@@ -426,9 +493,9 @@ def reliability_overlay(
         ax.set_xlim(0.0, 1.0)
         ax.set_ylim(0.0, 1.0)
         ax.set_ylabel("Accuracy")
-        ax.legend(loc="upper left", frameon=False)
+        _legend_right(ax, title="marker area ∝ share of questions", alignment="left")
         if title:
-            ax.set_title(title)
+            ax.set_title(_wrap(title, 60))
         if hist_ax is None:
             ax.set_xlabel("Confidence")
             return ax, None
@@ -471,7 +538,10 @@ def selective_accuracy_plot(
         raise ConfigError("a selective-accuracy plot needs at least one run")
     with mpl.rc_context(_STYLE):
         if ax is None:
-            fig = Figure(figsize=(COLUMN_SIZE[0] * 1.5, COLUMN_SIZE[1] * 0.8), layout="constrained")
+            fig = Figure(
+                figsize=(WIDE_SIZE[0], 4.0),
+                layout="constrained",
+            )
             ax = fig.add_subplot()
         ax.grid(True, color="#e5e5e5", linewidth=0.6, zorder=0)
         for i, (name, (conf, corr)) in enumerate(runs.items()):
@@ -491,9 +561,9 @@ def selective_accuracy_plot(
         ax.set_ylim(0.0, 1.02)
         ax.set_xlabel("Coverage (share of questions answered, most confident first)")
         ax.set_ylabel("Selective accuracy")
-        ax.legend(loc="lower left", frameon=False)
+        _legend_right(ax)
         if title:
-            ax.set_title(title)
+            ax.set_title(_wrap(title, 60))
     return ax
 
 
@@ -522,9 +592,10 @@ def confidence_shift_plot(
             f"confidence_shift_plot needs three equal-length 1-D arrays, got shapes "
             f"{a.shape}, {b.shape}, {right.shape}"
         )
+    own = ax is None
     with mpl.rc_context(_STYLE):
         if ax is None:
-            fig = Figure(figsize=(COLUMN_SIZE[0], COLUMN_SIZE[0]), layout="constrained")
+            fig = Figure(figsize=(COLUMN_SIZE[0], COLUMN_SIZE[0] + 0.5), layout="constrained")
             ax = fig.add_subplot()
         ax.grid(True, color="#e5e5e5", linewidth=0.6, zorder=0)
         ax.fill_between(
@@ -544,9 +615,13 @@ def confidence_shift_plot(
         ax.set_xlim(0.0, 1.0)
         ax.set_ylim(0.0, 1.0)
         ax.set_aspect("equal")
-        ax.set_xlabel(f"Confidence: {labels[0]}")
-        ax.set_ylabel(f"Confidence: {labels[1]}")
-        ax.legend(loc="upper left", frameon=False)
+        ax.set_ylabel(_wrap(f"Confidence: {labels[1]}", 45))
+        ax.set_xlabel(_wrap(f"Confidence: {labels[0]}", 45))
+        # outside the axes: the points may fill any corner of the square
+        if own:
+            ax.figure.legend(loc="outside lower center", frameon=False)
+        else:
+            _legend_right(ax)
         if title:
-            ax.set_title(title)
+            ax.set_title(_wrap(title))
     return ax

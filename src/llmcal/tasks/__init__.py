@@ -1,6 +1,6 @@
 """Tasks: Question, Task, loaders, the built-in registry, templates and the synthetic generator."""
 
-from llmcal.tasks.fewshot import fewshot_split
+from llmcal.tasks.fewshot import fewshot_split, subject_shots
 from llmcal.tasks.loaders import (
     ColumnMapping,
     load_hf,
@@ -45,5 +45,6 @@ __all__ = [
     "parse_mapping",
     "records_to_task",
     "save_jsonl",
+    "subject_shots",
     "synthetic_task",
 ]

@@ -40,3 +40,31 @@ def fewshot_split(task: Task, k: int, seed: int = 0) -> tuple[list[Question], Ta
         },
     )
     return [task.questions[i] for i in picked], rest
+
+
+def subject_shots(dev: Task, k: int = 5) -> dict[str, list[Question]]:
+    """The first ``k`` labelled questions of each subject of ``dev``, in file order.
+
+    This is MMLU's five-shot protocol (the dev set's five questions per subject) and the order
+    lm-evaluation-harness's ``first_n`` few-shot sampler uses, so prompts match it exactly.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"the number of few-shot examples must be a positive integer, got {k!r}")
+    by_subject: dict[str, list[Question]] = {}
+    for q in dev:
+        if q.subject is None:
+            raise ConfigError(
+                f"few-shot source {dev.name!r} has question {q.id!r} without a subject; "
+                "per-subject shots need the subject field (e.g. mmlu_dev)"
+            )
+        if q.answer is not None:
+            by_subject.setdefault(q.subject, [])
+            if len(by_subject[q.subject]) < k:
+                by_subject[q.subject].append(q)
+    short = sorted(s for s, qs in by_subject.items() if len(qs) < k)
+    if short:
+        raise ConfigError(
+            f"few-shot source {dev.name!r} has fewer than {k} labelled questions for subject(s) "
+            f"{', '.join(short)}; use fewer shots"
+        )
+    return by_subject

@@ -107,11 +107,25 @@ class Template:
         self._check_shots(shots)
         return [{"role": "user", "content": self._body(q, shots)}]
 
-    def cloze(self, q: Question) -> tuple[str, list[str]]:
-        """Context and per-option continuations for cloze scoring (``"Answer:"`` + ``" text"``)."""
-        ctx = f"Passage: {q.context}\n" if q.context else ""
-        ctx += f"Question: {q.question}\nAnswer:"
+    def cloze(self, q: Question, shots: Sequence[Question] = ()) -> tuple[str, list[str]]:
+        """Context and per-option continuations for cloze scoring (``"Answer:"`` + ``" text"``).
+
+        Few-shot examples come first, each as its own context and correct continuation followed
+        by a blank line (lm-evaluation-harness's ``fewshot_delimiter``); no instruction.
+        """
+        self._check_shots(shots)
+        ctx = ""
+        for s in shots:
+            if s.answer is None:
+                raise ConfigError(f"few-shot example {s.id!r} has no answer")
+            ctx += self._cloze_context(s) + f" {s.choices[s.answer]}\n\n"
+        ctx += self._cloze_context(q)
         return ctx, [f" {c}" for c in q.choices]
+
+    @staticmethod
+    def _cloze_context(q: Question) -> str:
+        ctx = f"Passage: {q.context}\n" if q.context else ""
+        return ctx + f"Question: {q.question}\nAnswer:"
 
     def _check_shots(self, shots: Sequence[Question]) -> None:
         if self.shots and len(shots) != self.shots:

@@ -1,0 +1,65 @@
+"""`torchrun -m llmcal finetune …` on CPU (two gloo processes) equals one process on the same
+global batch: one adapter, written once by rank 0. Also `python -m llmcal`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from tiny import tiny_task
+
+from llmcal.finetune.run import SUMMARY_FILE
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _env() -> dict[str, str]:
+    path = os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}  # fmt: skip
+
+
+def test_python_dash_m_llmcal_runs_the_cli() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "llmcal", "--help"], env=_env(), capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0 and "finetune" in proc.stdout
+
+
+def test_torchrun_finetune_equals_one_process(tiny_model: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    task = tmp_path / "train.jsonl"
+    task.write_text("".join(json.dumps(q.to_dict()) + "\n" for q in tiny_task(8)))
+    common = ["finetune", "--model", str(tiny_model), "--task", str(task), "--method", "ls",
+              "--max-steps", "2", "--lr", "1e-2", "--device", "cpu", "--no-eval",
+              "--cal-fraction", "0", "--test-fraction", "0"]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    solo = subprocess.run(
+        [sys.executable, "-m", "llmcal", *common, "--batch-size", "4", "--out", str(one)],
+        env=_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert solo.returncode == 0, solo.stderr[-3000:]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    dist = subprocess.run(
+        [*launch, "-m", "llmcal", *common, "--batch-size", "2", "--out", str(two)],
+        env=_env(), capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert dist.returncode == 0, dist.stderr[-3000:]
+    assert dist.stdout.count("wrote ") == 1  # rank 0 only
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".two")) == []
+    a = load_file(str(one / "adapter_model.safetensors"))
+    b = load_file(str(two / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and a
+    moved = 0.0
+    for key in a:
+        np.testing.assert_allclose(b[key].numpy(), a[key].numpy(), rtol=0, atol=1e-5)
+        if "lora_B" in key:
+            moved = max(moved, float(a[key].abs().max()))
+    assert moved > 1e-4  # two steps really trained the adapter
+    assert json.loads((two / SUMMARY_FILE).read_text())["steps"] == 2
