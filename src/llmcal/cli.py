@@ -285,6 +285,35 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the calibrating OpenAI-compatible proxy in front of --upstream."""
+    from llmcal.calibrate import load_calibrator
+    from llmcal.serve import Proxy, load_selective, serve
+
+    cal = load_calibrator(args.calibrator)
+    rule = load_selective(args.selective) if args.selective else None
+    proxy = Proxy(
+        args.upstream,
+        cal,
+        calibrator_file=args.calibrator,
+        selective=rule,
+        model=args.model,
+        template=args.template,
+        timeout=args.timeout,
+        retries=args.retries,
+        top_k=args.top_k,
+        max_connections=args.max_connections,
+    )
+    sel = f", abstain below {rule.threshold:g}" if rule else ""
+    _print(
+        f"llmcal serve: {cal.kind} calibrator from {args.calibrator}{sel}, template "
+        f"{proxy.template.name}; upstream {', '.join(proxy.scorer.public_endpoints)}; "
+        f"listening on http://{args.host}:{args.port}/v1"
+    )
+    serve(proxy, host=args.host, port=args.port)
+    return 0
+
+
 def _report_labels(text: str | None, count: int, n_files: int) -> list[str] | None:
     """Display names from --labels: one per run, unique and non-empty."""
     if text is None:
@@ -579,6 +608,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     _add_finetune_parser(sub)
+
+    p = sub.add_parser(
+        "serve",
+        help="OpenAI-compatible proxy that adds calibrated confidence (and abstention)",
+        description="Passes requests through to --upstream; a /v1/completions or "
+        '/v1/chat/completions body with an "llmcal" field {"question", "choices", '
+        '"template"?, "context"?} gets an "llmcal" object: raw and calibrated option '
+        "probabilities, the answer, the calibrated confidence and whether to abstain.",
+    )
+    p.add_argument(
+        "--upstream",
+        action="append",
+        required=True,
+        metavar="URL",
+        help="OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1 (repeatable)",
+    )
+    p.add_argument("--calibrator", required=True, help="calibrator file (.json) from llmcal fit")
+    p.add_argument("--selective", default=None, help="selective rule (.json with params.threshold)")
+    p.add_argument(
+        "--model", default=None, help="served model name (default: the upstream's first)"
+    )
+    p.add_argument(
+        "--template", default=None, help="default template (default: the calibrator's, or daca1)"
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per upstream attempt")
+    p.add_argument("--retries", type=int, default=2, help="retries per upstream request")
+    p.add_argument("--top-k", type=_positive_int, default=20, help="top log-probs to request")
+    p.add_argument("--max-connections", type=_positive_int, default=64, help="upstream connections")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="score both bundled models on the synthetic task")
     p.add_argument("--out-dir", default="llmcal-demo", help="where Scores and the diagram go")
