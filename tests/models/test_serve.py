@@ -18,7 +18,7 @@ from scipy.special import softmax
 
 from llmcal.calibrate import TemperatureScaling, load_calibrator
 from llmcal.cli import main
-from llmcal.models.http import HTTPScorer
+from llmcal.models.http import Capabilities, HTTPScorer
 from llmcal.scores import Scores
 from llmcal.serve import CalibratedModel, Proxy, SelectiveRule, ServerThread, create_app
 from llmcal.tasks import synthetic_task
@@ -75,11 +75,23 @@ def applied(raw_scores: Path, cal_file: Path) -> Scores:
     return Scores.load(out)
 
 
-def start_proxy(upstream: str, cal_file: Path, **kw: Any) -> ServerThread:
+def start_proxy(
+    upstream: str, cal_file: Path, caps: Capabilities | None = None, **kw: Any
+) -> ServerThread:
+    """The proxy on a loopback port; ``caps``: the upstream was probed before (skip the probe)."""
     kw.setdefault("selective", SelectiveRule(THRESHOLD))
     kw.setdefault("model", "smollm2")
     proxy = Proxy(upstream, load_calibrator(cal_file), calibrator_file=cal_file, **kw)
+    proxy.scorer.capabilities = caps
     return ServerThread(create_app(proxy))
+
+
+@pytest.fixture(scope="module")
+def caps(llama_server: Any, api_key: str) -> Capabilities:
+    """What the real server supports (what the proxy's first request would probe)."""
+    os.environ["LLMCAL_TEST_KEY"] = api_key
+    scorer = HTTPScorer(llama_server.url, "smollm2", api_key_env="LLMCAL_TEST_KEY", progress=False)
+    return scorer.probe()
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +202,7 @@ def test_bad_client_requests_are_422_with_a_clear_message(
 
 
 def test_upstream_faults_become_502_or_504_without_the_key(
-    llama_server: Any, cal_file: Path, api_key: str, task: Task
+    llama_server: Any, cal_file: Path, api_key: str, task: Task, caps: Capabilities
 ) -> None:
     body = mc_body(task[0])
     fast = {"retries": 1, "timeout": 1.0, "deadline": 10.0}
@@ -212,7 +224,7 @@ def test_upstream_faults_become_502_or_504_without_the_key(
         check(post(server, json=plain), 502, "connection error")
         check(httpx.get(server.url + "/v1/models", timeout=30), 502, "unreachable")
         assert httpx.get(server.url + "/health", timeout=30).status_code == 503
-    # the probe (2 requests) goes through, then each kind of fault on every request
+    # each kind of fault on every request (the upstream was probed before)
     for action, status, words in [
         ("500", 502, "HTTP 500"),
         ("garbage", 502, "unreadable response body"),
@@ -220,8 +232,8 @@ def test_upstream_faults_become_502_or_504_without_the_key(
         ("stall", 504, "did not answer in time"),
     ]:
         with (
-            FaultProxy(llama_server.port, first=["ok", "ok"] + [action] * 6, stall=3.0) as fp,
-            start_proxy(fp.url, cal_file, **fast) as server,
+            FaultProxy(llama_server.port, first=[action] * 6, stall=3.0) as fp,
+            start_proxy(fp.url, cal_file, caps, **fast) as server,
         ):
             check(post(server), status, words)
             assert fp.actions[action] >= 1
