@@ -166,6 +166,6 @@ def test_calibrated_model_equals_llmcal_score_then_apply(
     for i, a in enumerate(answers):
         np.testing.assert_allclose(a.probs, applied.probs()[i], rtol=0, atol=1e-9)
         assert a.index == int(applied.predictions()[i])
-        assert a.abstain is (applied.confidences()[i] < 0.6)
+        assert a.abstain is bool(applied.confidences()[i] < 0.6)
     assert answers[0].calibrator["file"] == "cal.json"
     assert load_calibrator(cal_path).kind == answers[0].calibrator["kind"] == "temperature"
