@@ -28,6 +28,7 @@ sys.path.append(str(Path(__file__).resolve().parents[1] / "tests" / "models"))
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import subprocess
@@ -51,13 +52,19 @@ WAYS = ("direct", "proxy pass-through", "proxy calibrated")
 
 
 def main() -> None:
-    """Run every way at every concurrency and write the tables."""
+    """Run every way at every concurrency, on the model and on the replay upstream."""
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--n", type=int, default=16, help="requests per way and concurrency")
+    ap.add_argument("--n", type=int, default=8, help="model requests per run (at least clients)")
+    ap.add_argument("--replay-n", type=int, default=400, help="replay requests per run")
     ap.add_argument("--task", default="mmlu")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--replay-server", nargs=2, metavar=("FILE", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    task = load_task(args.task, data_dir=DATA_DIR).subset(args.n, seed=0)
+    if args.replay_server:
+        _replay_server(Path(args.replay_server[0]), int(args.replay_server[1]))
+        return
+    n_max = max(args.n, *args.concurrency)
+    task = load_task(args.task, data_dir=DATA_DIR).subset(n_max, seed=0)
     tmpl = get_template("daca1")
     gguf = resolve_bundled("smollm2-135m-instruct")
     assert gguf is not None
@@ -66,63 +73,129 @@ def main() -> None:
         {"format": "llmcal-calibrator", "format_version": 1, "kind": "temperature", "config": {},
          "params": {"temperature": TEMPERATURE}, "fit": {"model": "smollm2", "template": "daca1"}}
     )  # fmt: skip
-    cal_path = cal.save(tmp / "cal.json")
+    cal.save(tmp / "cal.json")
     (tmp / "sel.json").write_text(
         f'{{"kind": "selective", "params": {{"threshold": {THRESHOLD}}}}}'
     )
     server = LlamaServer(gguf, tmp / "server.log")
     server.start()
+    try:
+        runs, reference = _ways(server.url, tmp, task, tmpl, args.concurrency, args.n, "model")
+    finally:
+        server.stop()
+    # the same responses replayed by an upstream that answers at once: the proxy's own cost
+    recorded = {tmpl.letter_prompt(q): body for q, body in zip(task, reference, strict=True)}
+    (tmp / "recorded.json").write_text(json.dumps(recorded))
     port = free_port()
-    proxy_log = open(tmp / "proxy.log", "wb")  # noqa: SIM115 (closed in the finally below)
+    replay = subprocess.Popen(
+        [sys.executable, __file__, "--replay-server", str(tmp / "recorded.json"), str(port)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        _wait(f"http://127.0.0.1:{port}/v1/models")
+        replayed, _ = _ways(
+            f"http://127.0.0.1:{port}/v1", tmp, task, tmpl, args.concurrency, args.replay_n,
+            "replay", reference,
+        )  # fmt: skip
+    finally:
+        replay.terminate()
+        replay.wait(20)
+    runs += replayed
+    md = _markdown(args, task, runs)
+    write_results(
+        "serving",
+        {"task": args.task, "n_questions": len(task), "server_threads": N_THREADS,
+         "temperature": TEMPERATURE, "threshold": THRESHOLD, "runs": runs},
+        md,
+    )  # fmt: skip
+
+
+def _ways(
+    upstream: str,
+    tmp: Path,
+    task: Any,
+    tmpl: Any,
+    concurrency: list[int],
+    n: int,
+    label: str,
+    reference: list[Any] | None = None,
+) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Each way at each concurrency against ``upstream``, with ``llmcal serve`` in front of it."""
+    port = free_port()
+    proxy_log = open(tmp / f"proxy-{label}.log", "wb")  # noqa: SIM115 (closed below)
     proxy = subprocess.Popen(
-        [sys.executable, "-m", "llmcal.cli", "serve", "--upstream", server.url, "--calibrator",
-         str(cal_path), "--selective", str(tmp / "sel.json"), "--model", "smollm2",
+        [sys.executable, "-m", "llmcal.cli", "serve", "--upstream", upstream, "--calibrator",
+         str(tmp / "cal.json"), "--selective", str(tmp / "sel.json"), "--model", "smollm2",
          "--port", str(port), "--timeout", "300", "--retries", "0"],
         stdout=subprocess.DEVNULL, stderr=proxy_log,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     proxy_url = f"http://127.0.0.1:{port}"
+    direct = [
+        {"model": "smollm2", "prompt": tmpl.letter_prompt(q), "max_tokens": 1,
+         "temperature": 0.0, "logprobs": 20, "min_tokens": 1}
+        for q in task
+    ]  # fmt: skip
+    mc = [
+        {"model": "smollm2", "llmcal": {"question": q.question, "choices": list(q.choices)}}
+        for q in task
+    ]
     runs: list[dict[str, Any]] = []
+    ref = list(reference) if reference is not None else []
     try:
         _wait(proxy_url + "/health")
-        direct_payloads = [
-            {"model": "smollm2", "prompt": tmpl.letter_prompt(q), "max_tokens": 1,
-             "temperature": 0.0, "logprobs": 20, "min_tokens": 1}
-            for q in task
-        ]  # fmt: skip
-        mc = [
-            {"model": "smollm2", "llmcal": {"question": q.question, "choices": list(q.choices)}}
-            for q in task
-        ]
-        reference: list[Any] = []
-        for conc in args.concurrency:
+        for conc in concurrency:
+            count = max(n, conc)
+            pick = [i % len(task) for i in range(count)]
             for way in WAYS:
-                if way == "direct":
-                    url, bodies = server.url + "/completions", direct_payloads
-                elif way == "proxy pass-through":
-                    url, bodies = proxy_url + "/v1/completions", direct_payloads
-                else:
-                    url, bodies = proxy_url + "/v1/completions", mc
+                url = (
+                    upstream + "/completions" if way == "direct" else proxy_url + "/v1/completions"
+                )
+                bodies = [(mc if way == "proxy calibrated" else direct)[i] for i in pick]
                 r = asyncio.run(_load(url, bodies, conc))
                 answers = r.pop("bodies")
-                if way == "direct" and not reference:
-                    reference = answers
+                if way == "direct":  # the first direct answer to each prompt is the reference
+                    ref += [None] * (len(task) - len(ref))
+                    for i, body in zip(pick, answers, strict=True):
+                        ref[i] = body if ref[i] is None else ref[i]
                 if way == "proxy calibrated":
-                    r["answers_match_direct"] = _check(answers, reference, task)
-                runs.append({"concurrency": conc, "way": way, **r})
+                    r["answers_match_direct"] = _check(
+                        answers, [ref[i] for i in pick], [task[i] for i in pick]
+                    )
+                runs.append({"upstream": label, "concurrency": conc, "way": way, **r})
                 print({k: v for k, v in runs[-1].items() if k != "latencies_ms"}, flush=True)
     finally:
         proxy.terminate()
         proxy.wait(20)
         proxy_log.close()
-        server.stop()
-    md = _markdown(args, task, runs)
-    write_results(
-        "serving",
-        {"task": args.task, "n": len(task), "server_threads": N_THREADS,
-         "temperature": TEMPERATURE, "threshold": THRESHOLD, "runs": runs},
-        md,
-    )  # fmt: skip
+    return runs, ref
+
+
+def _replay_server(path: Path, port: int) -> None:
+    """An OpenAI-compatible upstream that answers each prompt with its recorded response."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    recorded: dict[str, Any] = json.loads(path.read_text())
+    first = next(iter(recorded.values()))
+
+    async def completions(request: Request) -> JSONResponse:
+        body = await request.json()
+        return JSONResponse(recorded.get(body.get("prompt"), first))
+
+    async def models(request: Request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [{"id": "smollm2", "object": "model"}]})
+
+    app = Starlette(
+        routes=[
+            Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+        ]
+    )
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
 def _wait(url: str, timeout: float = 60.0) -> None:
@@ -184,7 +257,7 @@ def _check(bodies: list[Any], reference: list[Any], task: Any) -> bool:
     return True
 
 
-def _markdown(args: Any, task: Any, runs: list[dict[str, Any]]) -> str:
+def _table(runs: list[dict[str, Any]]) -> str:
     by = {(r["concurrency"], r["way"]): r for r in runs}
     rows = []
     for r in runs:
@@ -192,40 +265,58 @@ def _markdown(args: Any, task: Any, runs: list[dict[str, Any]]) -> str:
         added = (
             "–"
             if r["way"] == "direct"
-            else f"{r['p50_ms'] - d['p50_ms']:+.0f} / {r['p99_ms'] - d['p99_ms']:+.0f}"
+            else f"{r['p50_ms'] - d['p50_ms']:+.1f} / {r['p99_ms'] - d['p99_ms']:+.1f}"
         )
         m = r.get("answers_match_direct")
         match = "–" if m is None else ("yes" if m else "NO")
-        rows.append([r["concurrency"], r["way"], f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}",
-                     added, f"{r['requests_per_s']:.2f}", match])  # fmt: skip
-    table = md_table(
-        ["clients", "way", "p50 ms", "p99 ms", "added p50 / p99 ms", "requests/s",
+        rows.append([r["concurrency"], r["way"], r["requests"], f"{r['p50_ms']:.1f}",
+                     f"{r['p99_ms']:.1f}", added, f"{r['requests_per_s']:.2f}", match])  # fmt: skip
+    return md_table(
+        ["clients", "way", "requests", "p50 ms", "p99 ms", "added p50 / p99 ms", "requests/s",
          "calibrated = direct"],
         rows,
     )  # fmt: skip
+
+
+def _markdown(args: Any, task: Any, runs: list[dict[str, Any]]) -> str:
+    model = _table([r for r in runs if r["upstream"] == "model"])
+    replay = _table([r for r in runs if r["upstream"] == "replay"])
     return f"""# Serving: `llmcal serve` against the upstream directly (loopback)
 
-{len(task)} {args.task} questions (seed 0) per way and concurrency, letter mode, template daca1,
-top-20 log-probs; upstream `python -m llama_cpp.server --logits_all true` ({N_THREADS} thread,
-bundled SmolLM2-135M-Instruct Q4_1); proxy `llmcal serve` as a subprocess (uvicorn, one worker)
-with a temperature calibrator (τ = {TEMPERATURE}) and a selective threshold {THRESHOLD}. Each
-client sends its next request when the last is answered; one warm-up request per run is not
-counted. Measured once on a shared 2-core machine that other jobs were using at the same time,
-so differences of a few tens of ms are noise.
+{args.task} questions (seed 0), letter mode, template daca1, top-20 log-probs; proxy
+`llmcal serve` as a subprocess (uvicorn, one worker, access log on) with a temperature
+calibrator (τ = {TEMPERATURE}) and a selective threshold {THRESHOLD}. Each client sends its next
+request when the last is answered; one warm-up request per run is not counted. "added" is the
+proxy's p50 / p99 minus the direct p50 / p99 at the same concurrency. "calibrated = direct":
+every calibrated answer equals softmax(option row / τ) of the direct response to the same prompt
+(|Δp| ≤ 1e-9). **Measured once, at modest size, on a shared 2-core machine that other jobs were
+loading at the same time** (load average 3 to 9 during these runs): the model timings vary by seconds from
+request to request.
 
-{table}
+## On the model: `python -m llama_cpp.server --logits_all true`, bundled SmolLM2-135M-Instruct
 
-"added" is the proxy's p50 / p99 minus the direct p50 / p99 at the same concurrency.
-"calibrated = direct": every calibrated answer equals softmax(option row / τ) of the direct
-response to the same prompt (|Δp| ≤ 1e-9).
+{N_THREADS} server thread, n_ctx 512.
+
+{model}
+
+## On a replay upstream: the same recorded responses, answered at once
+
+A Starlette/uvicorn server (subprocess) that answers each prompt with the response the model
+gave it above, so the latency is the HTTP stack and the proxy alone.
+
+{replay}
 
 ## Reading these numbers
 
-The upstream runs one request at a time (about two seconds each here: llama-cpp-python with
-`logits_all` log-softmaxes every context row), so at 4 and 16 clients requests queue at the
-upstream and latency grows with the number of clients while requests/s stays flat; the proxy
-neither adds nor removes that queue. What the proxy adds per request is an HTTP hop on loopback,
-JSON parsing, the prompt rendering and a one-row calibration: small against the model's time.
+The model server runs one request at a time (seconds each here: llama-cpp-python with
+`logits_all` log-softmaxes every context row, and the machine was busy), so with 4 and 16
+clients requests queue at the upstream, latency grows with the clients and requests/s stays
+flat; against that the proxy's cost is inside the noise of the first table. The replay table
+shows what the proxy adds per request: one more loopback HTTP hop, JSON parsing, prompt
+rendering, a one-row Scores and the calibrator's transform, in one Python process: about
+8 to 9 ms at one client. With several clients the single uvicorn worker is the bottleneck
+(65 to 80 requests/s here, on two cores shared with the load generator and the replay server),
+so requests queue at the proxy instead; that is far above what one model server answers.
 """
 
 
