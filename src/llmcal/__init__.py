@@ -26,12 +26,14 @@ _LAZY = {
     "get_template": "llmcal.tasks",
     "HFScorer": "llmcal.models",
     "load_calibrator": "llmcal.calibrate",
+    "CalibratedModel": "llmcal.serve",
 }
 
 if TYPE_CHECKING:
     from llmcal.calibrate import load_calibrator
     from llmcal.metrics import evaluate
     from llmcal.models import HFScorer
+    from llmcal.serve import CalibratedModel
     from llmcal.tasks import get_template, load_task, synthetic_task
 
 
@@ -44,6 +46,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "CalibratedModel",
     "CalibrationError",
     "ConfigError",
     "DataError",

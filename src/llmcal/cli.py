@@ -743,6 +743,41 @@ def cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the calibrating OpenAI-compatible proxy in front of --upstream."""
+    from llmcal.calibrate import load_calibrator
+    from llmcal.serve import Proxy, load_selective, serve
+
+    cal = load_calibrator(args.calibrator)
+    rule = load_selective(args.selective) if args.selective else None
+    proxy = Proxy(
+        args.upstream,
+        cal,
+        calibrator_file=args.calibrator,
+        selective=rule,
+        model=args.model,
+        template=args.template,
+        timeout=args.timeout,
+        retries=args.retries,
+        top_k=args.top_k,
+        max_connections=args.max_connections,
+    )
+    sel = ""
+    if rule is not None:
+        sel = (
+            ", answering nothing (the selective rule met no threshold)"
+            if rule.threshold is None
+            else f", abstain below {rule.threshold:g}"
+        )
+    _print(
+        f"llmcal serve: {cal.kind} calibrator from {args.calibrator}{sel}, template "
+        f"{proxy.template.name}; upstream {', '.join(proxy.scorer.public_endpoints)}; "
+        f"listening on http://{args.host}:{args.port}/v1"
+    )
+    serve(proxy, host=args.host, port=args.port)
+    return 0
+
+
 def _report_labels(text: str | None, count: int, n_files: int) -> list[str] | None:
     """Display names from --labels: one per run, unique and non-empty."""
     if text is None:
@@ -1582,6 +1617,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     _add_finetune_parser(sub)
+
+    p = _command(
+        sub,
+        "serve",
+        help="OpenAI-compatible proxy that adds calibrated confidence (and abstention)",
+        description="Passes requests through to --upstream; a /v1/completions or "
+        '/v1/chat/completions body with an "llmcal" field {"question", "choices", '
+        '"template"?, "context"?} gets an "llmcal" object: raw and calibrated option '
+        "probabilities, the answer, the calibrated confidence and whether to abstain.",
+    )
+    g = add_group(p, "upstream")
+    g.add_argument(
+        "--upstream",
+        action="append",
+        required=True,
+        metavar="URL",
+        help="OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1 (repeatable)",
+    )
+    g.add_argument(
+        "--model", default=None, help="served model name (default: the upstream's first)"
+    )
+    g.add_argument(
+        "--timeout",
+        type=_finite_float(0, 3600, open_lo=True),
+        default=30.0,
+        help="seconds per upstream attempt",
+    )
+    g.add_argument(
+        "--retries", type=_bounded_int(0, 100), default=2, help="retries per upstream request"
+    )
+    g.add_argument("--top-k", type=_positive_int, default=20, help="top log-probs to request")
+    g.add_argument("--max-connections", type=_positive_int, default=64, help="upstream connections")
+    g = add_group(p, "calibration")
+    g.add_argument(
+        "--calibrator",
+        required=True,
+        metavar="FILE",
+        help="calibrator file (.json) from llmcal fit",
+    )
+    g.add_argument(
+        "--selective",
+        default=None,
+        metavar="FILE",
+        help="selective rule (.json from llmcal fit selective): abstain below its threshold",
+    )
+    g.add_argument(
+        "--template", default=None, help="default template (default: the calibrator's, or daca1)"
+    )
+    g = add_group(p, "listen")
+    g.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    g.add_argument("--port", type=_bounded_int(1, 65535), default=8000, help="port to listen on")
+    p.set_defaults(func=cmd_serve)
 
     p = _command(
         sub,

@@ -124,7 +124,8 @@ class FaultProxy:
 
     Per request (after the scripted ``first`` actions), with the given probabilities: answer 500, drop the connection without an
     answer, or stall for ``stall`` seconds and then drop; otherwise forward to the upstream
-    port. ``down=True`` drops every request (a server that stays down). Seeded, so a fault
+    port. Scripted actions may also be ``"garbage"`` (200 with a body that is not JSON) and
+    ``"nochoices"`` (200 with JSON that is no completion). ``down=True`` drops every request (a server that stays down). Seeded, so a fault
     pattern is reproducible for a given request order.
     """
 
@@ -217,6 +218,15 @@ class FaultProxy:
                 msg = b'{"error": "injected fault"}'
                 writer.write(
                     b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(msg)}\r\nConnection: close\r\n\r\n".encode()
+                    + msg
+                )
+                await writer.drain()
+                return
+            if action in ("garbage", "nochoices"):  # HTTP 200 with an unusable body
+                msg = b"{not json" if action == "garbage" else b'{"object": "text_completion"}'
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                     + f"Content-Length: {len(msg)}\r\nConnection: close\r\n\r\n".encode()
                     + msg
                 )

@@ -44,6 +44,7 @@ and never logged, stored in ``meta`` or shown in a message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import math
 import os
@@ -317,9 +318,15 @@ class HTTPScorer:
             delay = max(delay, min(retry_after, self.backoff_max))
         return delay
 
-    async def _attempt(self, client: Any, url: str, payload: dict[str, Any]) -> tuple[Any, bytes]:
+    async def _attempt(
+        self,
+        client: Any,
+        url: str,
+        payload: dict[str, Any],
+        headers: dict[str, str] | None = None,
+    ) -> tuple[Any, bytes]:
         """One POST: (response, body bytes), reading at most :data:`MAX_BODY` bytes."""
-        async with client.stream("POST", url, json=payload) as resp:
+        async with client.stream("POST", url, json=payload, headers=headers) as resp:
             limit = MAX_BODY if resp.status_code == 200 else _MAX_ERROR_BODY
             chunks: list[bytes] = []
             size = 0
@@ -342,11 +349,13 @@ class HTTPScorer:
         payload: dict[str, Any],
         idx: int,
         parse: Callable[[Any], Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Any:
         """POST with retries; returns the parsed JSON body, or ``parse(body)`` if given.
 
         ``parse`` raises :class:`MalformedReply` for a reply of the wrong shape, which becomes
         an ``EndpointError`` naming the endpoint (not retried: a server answers the same again).
+        ``headers`` are added to this request.
         """
         import httpx
 
@@ -366,7 +375,8 @@ class HTTPScorer:
             retry_after: float | None = None
             try:
                 resp, data = await asyncio.wait_for(
-                    self._attempt(client, url, payload), timeout=min(self.timeout, remaining)
+                    self._attempt(client, url, payload, headers),
+                    timeout=min(self.timeout, remaining),
                 )
             except (asyncio.TimeoutError, httpx.TimeoutException):
                 last = "timeout"
@@ -413,13 +423,17 @@ class HTTPScorer:
             await asyncio.sleep(delay)
         self.stats.failed += 1
         waited = loop.time() - start
-        raise EndpointError(
+        err = EndpointError(
             f"request to {public_url(url)} failed after {attempt} attempt(s) in {waited:.1f}s "
             f"(last failure: {last}; retries {self.max_retries}, per-attempt timeout "
             f"{self.timeout:g}s, deadline {self.deadline:g}s). Check that the server is up and "
             "serving; finished rows are kept in the checkpoint, so rerunning the same command "
             "resumes"
         )
+        # what went wrong, for callers that answer in their own words (llmcal.serve)
+        err.reason = last  # type: ignore[attr-defined]
+        err.attempts = attempt  # type: ignore[attr-defined]
+        raise err
 
     def _refusal(self, url: str, status: int, data: bytes) -> str:
         text = self._safe(data[: 4 * MAX_SERVER_TEXT].decode("utf-8", errors="replace"))
@@ -468,8 +482,11 @@ class HTTPScorer:
         caps: Capabilities = self._run(self._probe(echo))
         return caps
 
-    async def _probe(self, echo: bool) -> Capabilities:
-        async with self._client() as client:
+    async def _probe(self, echo: bool, client: Any = None) -> Capabilities:
+        """The probe; on ``client`` when given (left open), else on a client of its own."""
+        async with contextlib.AsyncExitStack() as stack:
+            if client is None:
+                client = await stack.enter_async_context(self._client())
             cap = 0
             completions = chat = False
             # min_tokens=1 keeps a server from stopping (and dropping the log-probs) when the
@@ -618,7 +635,18 @@ class HTTPScorer:
             rows, extra = self._run(self._letter(task, tmpl, shots))
         else:
             rows, extra = self._run(self._cloze(task, tmpl, normalization))
-        meta = {
+        return build_scores(task, rows, self.scores_meta(mode, tmpl, shots, caps, extra))
+
+    def scores_meta(
+        self,
+        mode: Mode,
+        tmpl: Template,
+        shots: Sequence[Question],
+        caps: Capabilities,
+        extra: dict[str, Any],
+    ) -> dict[str, Any]:
+        """The ``Scores.meta`` of a scoring run (``extra`` from :meth:`letter_rows` or cloze)."""
+        return {
             "model": self.model,
             "backend": "http",
             "endpoints": self.public_endpoints,
@@ -629,39 +657,54 @@ class HTTPScorer:
             "server": asdict(caps),
             **extra,
         }
-        return build_scores(task, rows, meta)
+
+    def letter_request(
+        self, tmpl: Template, q: Question, shots: Sequence[Question] = ()
+    ) -> tuple[str, dict[str, Any]]:
+        """(path, JSON payload) of the letter-mode request for one question."""
+        if tmpl.chat:
+            return "/chat/completions", self._chat(tmpl.messages(q, shots))
+        return "/completions", self._completion(tmpl.letter_prompt(q, shots))
+
+    async def letter_top(
+        self,
+        client: Any,
+        tmpl: Template,
+        q: Question,
+        idx: int,
+        payload: tuple[str, dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[list[tuple[str, float]], Any]:
+        """(top-k (token, log-prob) pairs at the answer position, response body) of a question."""
+        path, body_in = payload if payload is not None else self.letter_request(tmpl, q)
+
+        def parse(body: Any) -> tuple[list[tuple[str, float]], str | None, Any]:
+            top = _chat_top(body) if tmpl.chat else _completion_top(body, 0)
+            return top, _finish_reason(body), body
+
+        top, finish, body = await self._post(
+            client, path, body_in, idx, parse=parse, headers=headers
+        )
+        if not top:
+            why = "the server does not honour logprobs on " + path
+            if finish == "stop":
+                why = (
+                    "the server stopped at an end-of-sequence token before the first answer "
+                    "token and dropped the log-probs (it ignores min_tokens)"
+                )
+            raise EndpointError(
+                f"{', '.join(self.public_endpoints)} returned no top log-probs for question "
+                f"{q.id!r}: {why}"
+            )
+        return top, body
 
     async def _letter(
         self, task: Task, tmpl: Template, shots: Sequence[Question]
     ) -> tuple[list[list[float]], dict[str, Any]]:
-        k = self._k()
-        if tmpl.chat:
-            api = "chat"
-            payloads = [("/chat/completions", self._chat(tmpl.messages(q, shots))) for q in task]
-        else:
-            api = "completions"
-            payloads = [
-                ("/completions", self._completion(tmpl.letter_prompt(q, shots))) for q in task
-            ]
-
-        def parse(body: Any) -> tuple[list[tuple[str, float]], str | None]:
-            top = _chat_top(body) if tmpl.chat else _completion_top(body, 0)
-            return top, _finish_reason(body)
+        payloads = [self.letter_request(tmpl, q, shots) for q in task]
 
         async def job(i: int) -> list[tuple[str, float]]:
-            path, payload = payloads[i]
-            top, finish = await self._post(client, path, payload, i, parse=parse)
-            if not top:
-                why = "the server does not honour logprobs on " + path
-                if finish == "stop":
-                    why = (
-                        "the server stopped at an end-of-sequence token before the first answer "
-                        "token and dropped the log-probs (it ignores min_tokens)"
-                    )
-                raise EndpointError(
-                    f"{', '.join(self.public_endpoints)} returned no top log-probs for question "
-                    f"{task[i].id!r}: {why}"
-                )
+            top, _ = await self.letter_top(client, tmpl, task[i], i, payloads[i])
             return top
 
         async with self._client() as client:
@@ -669,6 +712,18 @@ class HTTPScorer:
                 tops = await self._gather(
                     [functools.partial(job, i) for i in range(len(task))], bar
                 )
+        return self.letter_rows(task, tops, tmpl, payloads[0][1])
+
+    def letter_rows(
+        self,
+        task: Task,
+        tops: Sequence[Sequence[tuple[str, float]]],
+        tmpl: Template,
+        first: dict[str, Any],
+    ) -> tuple[list[list[float]], dict[str, Any]]:
+        """Option rows and the letter-mode meta from each question's top-k (fill rule applied)."""
+        k = self._k()
+        api = "chat" if tmpl.chat else "completions"
         rows: list[list[float]] = []
         truncated: dict[str, dict[str, Any]] = {}
         blind = 0
@@ -685,7 +740,6 @@ class HTTPScorer:
                 "that ends the prompt where the letter comes (a plain one such as daca1 over "
                 "/v1/completions), or a larger top-k if the server allows"
             )
-        first = payloads[0][1]
         extra = {
             "api": api,
             "logit_kind": "topk_logprobs",
