@@ -400,6 +400,265 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- free-form answers: generate, judge, confidence --------------------------------------------
+def _judge_from_args(args: argparse.Namespace, answers: Any) -> Any:
+    """Judge ``answers`` by --labels, --judge-endpoint or --matcher (in that order)."""
+    from llmcal.judge import LLMJudge, judge_answers, labels_from_file
+
+    if args.labels and args.judge_endpoint:
+        raise ConfigError("give either --labels or --judge-endpoint, not both")
+    if args.labels:
+        return labels_from_file(answers, args.labels)
+    if args.judge_endpoint:
+        if not args.judge_model:
+            raise ConfigError("--judge-endpoint needs --judge-model NAME (the served model)")
+        judge = LLMJudge(
+            args.judge_endpoint, args.judge_model, api_key_env=args.api_key_env, progress=False
+        )
+        return judge.judge(answers)
+    if args.judge_model:
+        raise ConfigError("--judge-model needs --judge-endpoint URL")
+    return judge_answers(answers, args.matcher)
+
+
+def _judged_line(answers: Any) -> str:
+    judge = answers.meta.get("judge") or {}
+    how = judge.get("matcher") or judge.get("model") or judge.get("file") or "?"
+    known = int((answers.correct >= 0).sum())
+    line = f"judged {known} of {len(answers)} answers ({judge.get('kind', '?')}: {how})"
+    if known:
+        line += f"; accuracy {answers.accuracy():.4f}"
+    return line
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Generate free-form answers to an open-ended task, judge them, save Answers."""
+    from llmcal.models.generate import (
+        GenerationConfig,
+        HFGenerator,
+        HTTPGenerator,
+        discard_checkpoint,
+        generate_answers,
+    )
+    from llmcal.tasks import load_open_task
+
+    out = _out_path(args.out, [".parquet"], "--out")
+    config = GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature if not args.samples else 0.0,
+        samples=args.samples or 0,
+        sample_temperature=args.temperature if args.samples and args.temperature > 0 else 1.0,
+        stop=tuple(args.stop or ()),
+        stop_at_newline=not args.no_newline_stop,
+        seed=args.seed,
+        template=args.template,
+    )
+    task = load_open_task(args.task, data_dir=args.data_dir)
+    shots: list[Any] = []
+    if args.shots:
+        shots, task = task.shots_split(args.shots, seed=args.seed)
+    task = task.subset(args.limit, seed=None if args.no_shuffle else args.seed)
+    generator: Any
+    if args.endpoint:
+        generator = HTTPGenerator(
+            args.endpoint,
+            args.model,
+            api_key_env=args.api_key_env,
+            concurrency=args.concurrency,
+            timeout=args.timeout,
+            max_retries=args.retries,
+            progress=False,
+        )
+    else:
+        generator = HFGenerator.load(
+            args.model,
+            device=args.device,
+            dtype=args.dtype,
+            batch_size=args.batch_size,
+            trust_remote_code=args.trust_remote_code,
+            progress=False,
+        )
+    start = time.perf_counter()
+    answers, counts = generate_answers(
+        generator,
+        task,
+        config,
+        shots=shots,
+        out=out,
+        chunk_size=args.chunk_size,
+        resume=not args.restart,
+        progress=None,
+    )
+    elapsed = time.perf_counter() - start
+    answers = _judge_from_args(args, answers)
+    answers = answers.replace(meta={"seconds": round(elapsed, 3)})
+    answers.save(out)
+    discard_checkpoint(out)
+    n_tok = sum(len(t) for t in answers.token_logprobs)
+    rate = counts["generated"] / elapsed if elapsed > 0 else 0.0
+    line = f"generated {counts['generated']} answers in {elapsed:.1f}s ({rate:.2f} answers/s"
+    line += f", {n_tok / elapsed:.1f} tokens/s)" if elapsed > 0 else ")"
+    if counts["resumed"]:
+        line += f", {counts['resumed']} resumed from the checkpoint"
+    _print(line)
+    _print(_judged_line(answers))
+    _print(f"wrote {out}")
+    return 0
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    """Re-judge saved Answers with another matcher, an LLM judge or a label file."""
+    from llmcal.answers import Answers
+
+    out = _out_path(args.out, [".parquet"], "--out")
+    answers = _judge_from_args(args, Answers.load(args.answers))
+    answers.save(out)
+    _print(_judged_line(answers))
+    _print(f"wrote {out}")
+    return 0
+
+
+def cmd_confidence(args: argparse.Namespace) -> int:
+    """Confidence of saved Answers by one method → answer-view Scores."""
+    from llmcal.answers import Answers
+    from llmcal.confidence import confidence
+
+    out = _out_path(args.out, [".parquet"], "--out")
+    answers = Answers.load(args.answers)
+    scorer: Any = None
+    generator: Any = None
+    if args.method in ("ptrue", "verbal"):
+        if not args.model:
+            raise ConfigError(f"--method {args.method} needs --model (the model that judges)")
+        if args.endpoint:
+            from llmcal.models.generate import HTTPGenerator
+            from llmcal.models.http import HTTPScorer
+
+            if args.method == "ptrue":
+                scorer = HTTPScorer(
+                    args.endpoint, args.model, api_key_env=args.api_key_env, progress=False
+                )
+            else:
+                generator = HTTPGenerator(
+                    args.endpoint, args.model, api_key_env=args.api_key_env, progress=False
+                )
+        else:
+            from llmcal.models.generate import HFGenerator
+
+            generator = HFGenerator.load(
+                args.model,
+                device=args.device,
+                dtype=args.dtype,
+                batch_size=args.batch_size,
+                progress=False,
+            )
+            scorer = generator.scorer
+    elif args.model or args.endpoint:
+        raise ConfigError(f"--method {args.method} uses the saved answers only; drop --model")
+    start = time.perf_counter()
+    scores = confidence(
+        args.method, answers, scorer=scorer, generator=generator, matcher=args.matcher
+    )
+    elapsed = time.perf_counter() - start
+    scores = scores.replace(meta={"seconds": round(elapsed, 3)})
+    scores.save(out)
+    conf = scores.probs()[:, 1]
+    line = (
+        f"{args.method}: {len(scores)} answers in {elapsed:.1f}s; mean confidence {conf.mean():.4f}"
+    )
+    if answers.judged:
+        line += f", accuracy {answers.accuracy():.4f}"
+    info = scores.meta.get("confidence") or {}
+    if "unparseable" in info:
+        line += f"; {info['unparseable']} unparseable replies (confidence 0.5)"
+    _print(line)
+    _print(f"wrote {out}")
+    return 0
+
+
+def _add_judge_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--matcher",
+        default="exact",
+        help="exact, contains, f1[:T] or numeric (SQuAD-normalised; default exact)",
+    )
+    p.add_argument("--judge-endpoint", action="append", default=None, metavar="URL",
+                   help="judge correctness with a served model instead of a matcher")  # fmt: skip
+    p.add_argument("--judge-model", default=None, help="model name served at --judge-endpoint")
+    p.add_argument("--labels", default=None, help="human grades: .csv/.jsonl with id,correct")
+
+
+def _add_freeform_parsers(sub: Any) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="free-form answers to an open-ended task → Answers (.parquet)",
+        description="Greedy answers (or --temperature T), plus --samples N sampled ones; "
+        "stops at a newline after some text, EOS, --stop strings or --max-new-tokens. Judged "
+        "by --matcher, --judge-endpoint or --labels. Then: llmcal confidence.",
+    )
+    p.add_argument("--model", required=True, help="bundled alias, .gguf, model dir, hub id")
+    p.add_argument("--task", required=True, help="triviaqa, wikidata, synthetic-open or a .jsonl")
+    p.add_argument("--data-dir", default=None, help="folder of canonical JSONL files")
+    p.add_argument("--template", choices=["qa", "chat"], default="qa")
+    p.add_argument(
+        "--shots", type=_positive_int, default=None, help="few-shot examples from the task"
+    )
+    p.add_argument("--limit", type=_positive_int, default=None, help="answer at most N questions")
+    p.add_argument("--seed", type=int, default=0, help="seed of shuffle, shots and sampling")
+    p.add_argument("--no-shuffle", action="store_true", help="with --limit, take the first N")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=24)
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 = greedy; with --samples the temperature of the samples (default 1)")  # fmt: skip
+    p.add_argument("--samples", type=_positive_int, default=None,
+                   help="also sample N answers per question (for --method consistency)")  # fmt: skip
+    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    p.add_argument("--no-newline-stop", action="store_true", help="do not stop at a newline")
+    _add_judge_options(p)
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--endpoint", action="append", default=None, metavar="URL",
+                   help="generate through an OpenAI-compatible server")  # fmt: skip
+    p.add_argument("--api-key-env", default=None, metavar="VAR")
+    p.add_argument("--concurrency", type=_positive_int, default=4)
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--retries", type=int, default=5)
+    p.add_argument("--chunk-size", type=_positive_int, default=32)
+    p.add_argument("--restart", action="store_true", help="discard the checkpoint beside --out")
+    p.add_argument("--out", required=True, help="output Answers file (.parquet)")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("judge", help="re-judge Answers (matcher, LLM judge or label file)")
+    p.add_argument("answers", help="Answers file from llmcal generate")
+    _add_judge_options(p)
+    p.add_argument("--api-key-env", default=None, metavar="VAR")
+    p.add_argument("--out", required=True, help="output Answers file (.parquet)")
+    p.set_defaults(func=cmd_judge)
+
+    from llmcal.confidence import METHODS
+
+    p = sub.add_parser(
+        "confidence",
+        help="confidence of Answers → answer-view Scores (.parquet)",
+        description="ptrue (the --model judges each answer True/False), seqlik / seqlik-total "
+        "(the answers' own token log-probs), verbal (--model states a probability), "
+        "consistency (agreement of --samples with the answer). The output works with eval, "
+        "fit, apply, report and fit daca.",
+    )
+    p.add_argument("answers", help="Answers file from llmcal generate")
+    p.add_argument("--method", choices=METHODS, required=True)
+    p.add_argument("--model", default=None, help="ptrue / verbal: the model that judges")
+    p.add_argument("--endpoint", action="append", default=None, metavar="URL")
+    p.add_argument("--api-key-env", default=None, metavar="VAR")
+    p.add_argument("--matcher", default="exact", help="consistency: how samples are compared")
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--out", required=True, help="output Scores file (.parquet)")
+    p.set_defaults(func=cmd_confidence)
+
+
 # -- parser -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser for every subcommand."""
@@ -579,6 +838,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     _add_finetune_parser(sub)
+    _add_freeform_parsers(sub)
 
     p = sub.add_parser("demo", help="score both bundled models on the synthetic task")
     p.add_argument("--out-dir", default="llmcal-demo", help="where Scores and the diagram go")

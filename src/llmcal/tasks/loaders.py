@@ -106,6 +106,12 @@ def _json_array(path: Path, text: str) -> list[tuple[int, Any]]:
 def _canonical_question(rec: Any, where: str, default_id: str) -> Question:
     if not isinstance(rec, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    if "answers" in rec:  # an open-ended row (see llmcal.tasks.openended)
+        both = "both 'choices' and 'answers'" if "choices" in rec else "'answers' and no 'choices'"
+        raise DataError(
+            f"{where}: the row has {both}; open-ended rows ('answers' only) are read by "
+            "`llmcal generate` / load_open_task, multiple-choice rows need 'choices' + 'answer'"
+        )
     unknown = sorted(set(rec) - set(CANONICAL_FIELDS))
     if unknown:
         raise DataError(
