@@ -267,6 +267,7 @@ def check_full_rows(logits: FloatArray, what: str, k: int | None = None) -> None
     if len(n_opt) and (n_opt != logits.shape[1]).any():
         counts = sorted({int(c) for c in n_opt})
         raise CalibrationError(
-            f"{what} needs every question to have the same number of options, got option "
-            f"counts {counts}; split the Scores by option count or use temperature scaling"
+            f"{what} needs every question to have the same number of options, each with a "
+            f"finite logit, got finite-logit counts {counts}; split the Scores by option count "
+            "or use temperature scaling (options with probability 0 cannot be rescaled per class)"
         )

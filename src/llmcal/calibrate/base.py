@@ -198,6 +198,7 @@ class Calibrator(ABC):
             labels=scores.labels,
             meta=meta,
             subjects=scores.subjects,
+            n_options=scores.n_options,
         )
 
     def fit_transform(self, scores: Scores, *args: Any, **kwargs: Any) -> Scores:

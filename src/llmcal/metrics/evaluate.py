@@ -34,8 +34,15 @@ def _core(
     labels: Any,
     n_bins: int,
     binning: cal.Binning,
+    answer_view: bool,
 ) -> dict[str, Any]:
     acc = float(correct.mean())
+    # answer view: the binary Brier of p(right); options view: the multi-class Brier
+    brier = (
+        scoring.top_label_brier(conf, correct)
+        if answer_view
+        else scoring.brier(np.exp(log_probs), labels)
+    )
     mean_conf = float(conf.mean())
     return {
         "n": int(conf.shape[0]),
@@ -44,7 +51,7 @@ def _core(
         "overconfidence": mean_conf - acc,
         "ece": cal.ece(conf, correct, n_bins, binning),
         "mce": cal.mce(conf, correct, n_bins, binning),
-        "brier": scoring.brier(np.exp(log_probs), labels),
+        "brier": brier,
         "nll": scoring.nll(log_probs, labels, kind="log_probs"),
         "auroc": _num(selective.auroc(conf, correct)),
     }
@@ -62,7 +69,10 @@ def evaluate(
 ) -> dict[str, Any]:
     """Accuracy, calibration, proper scores and ranking metrics of labelled Scores.
 
-    Top-label quantities use ``scores.confidences()`` and ``scores.correct()``; binned metrics
+    Confidence-vs-correctness quantities use ``scores.confidences()`` and ``scores.correct()``:
+    the top-label view for multiple choice; in the answer view (``scores.view == "answer"``)
+    p(answer right) against correctness over [0, 1], with the binary Brier and NLL of that
+    probability and no class-wise ECE. ``view`` in the result says which. binned metrics
     use ``n_bins`` / ``binning``; ``ece_ci`` is the percentile bootstrap interval (``alpha``,
     ``n_resamples``, ``seed``) or None with ``ci=False``. Undefined values (AUROC with one
     class) are None. With ``by_subject`` and ``scores.subjects`` set, ``subjects`` maps each
@@ -81,8 +91,9 @@ def evaluate(
     labels = scores.labels
     probs = np.exp(log_probs)
 
-    out: dict[str, Any] = {"n": len(scores), "k": scores.k}
-    core = _core(conf, correct, log_probs, labels, b, binning)
+    answer_view = scores.view == "answer"
+    out: dict[str, Any] = {"n": len(scores), "k": scores.k, "view": scores.view}
+    core = _core(conf, correct, log_probs, labels, b, binning, answer_view)
     out.update(core)
     if ci:
         _, low, high = bootstrap_ci(
@@ -102,9 +113,9 @@ def evaluate(
         {
             "ece_l2": cal.ece(conf, correct, b, binning, norm="l2"),
             "debiased_l2_ece": cal.debiased_l2_ece(conf, correct, b, binning),
-            "classwise_ece": cal.classwise_ece(
-                probs, labels, b, binning, n_options=scores.n_options
-            ),
+            "classwise_ece": None
+            if answer_view
+            else cal.classwise_ece(probs, labels, b, binning, n_options=scores.n_options),
             "smooth_ece": cal.smooth_ece(conf, correct),
             "top_label_brier": scoring.top_label_brier(conf, correct),
             "aurc": selective.aurc(conf, correct),
@@ -128,7 +139,7 @@ def evaluate(
         for name in sorted(set(names.tolist())):
             rows = names == name
             subjects[name] = _core(
-                conf[rows], correct[rows], log_probs[rows], labels[rows], b, binning
+                conf[rows], correct[rows], log_probs[rows], labels[rows], b, binning, answer_view
             )
         out["subjects"] = subjects
     return out

@@ -92,4 +92,5 @@ def build_scores(task: Task, rows: Sequence[Sequence[float]], meta: dict[str, An
         labels=np.array([-1 if q.answer is None else q.answer for q in task], dtype=np.int64),
         meta=full_meta,
         subjects=subjects,
+        n_options=np.array([len(q.choices) for q in task], dtype=np.int64),
     )
