@@ -491,7 +491,9 @@ class HTTPGenerator:
         config: GenerationConfig,
     ) -> list[Generation]:
         client = self.client
-        stops = (["\n"] if config.stop_at_newline else []) + list(config.stop)
+        # the newline stop is applied here, as in-process (a newline before any text is
+        # skipped); the server only gets the user's stop strings
+        stops = list(config.stop)
 
         async def job(k: int) -> Generation:
             item = inputs[k]
@@ -509,7 +511,7 @@ class HTTPGenerator:
             else:
                 payload.update(prompt=item, logprobs=1)
                 body = await client._post(http, "/completions", payload, k)
-            return _http_generation(body, isinstance(item, list), str(k))
+            return _http_generation(body, isinstance(item, list), str(k), config)
 
         async def main() -> list[Generation]:
             out: list[Generation] = await client._gather(
@@ -528,7 +530,7 @@ class HTTPGenerator:
         return result
 
 
-def _http_generation(body: Any, chat: bool, qid: str) -> Generation:
+def _http_generation(body: Any, chat: bool, qid: str, config: GenerationConfig) -> Generation:
     try:
         choice = body["choices"][0]
         text = choice["message"]["content"] if chat else choice["text"]
@@ -538,12 +540,26 @@ def _http_generation(body: Any, chat: bool, qid: str) -> Generation:
         ) from exc
     lp = choice.get("logprobs") or {}
     if chat:
-        values = [e.get("logprob") for e in (lp.get("content") or []) if isinstance(e, dict)]
+        entries = [e for e in (lp.get("content") or []) if isinstance(e, dict)]
+        tokens = [str(e.get("token", "")) for e in entries]
+        values = [e.get("logprob") for e in entries]
     else:
+        tokens = [str(t) for t in lp.get("tokens") or []]
         values = list(lp.get("token_logprobs") or [])
-    logps = [min(0.0, float(v)) for v in values if v is not None]
+    text = str(text or "")
     reason = "length" if choice.get("finish_reason") == "length" else "stop"
-    return Generation(str(text or "").strip(), [], logps, reason)
+    hit = find_stop(text, (), config.stop_at_newline)
+    if hit is not None:
+        text, reason = text[: hit[0]], "newline"
+        if len(tokens) == len(values):  # keep the tokens up to the one holding the newline
+            seen, keep = "", 0
+            for keep, t in enumerate(tokens, 1):  # noqa: B007
+                seen += t
+                if len(seen) > hit[0]:
+                    break
+            values = values[:keep]
+    logps = [min(0.0, float(v)) for v in values if v is not None]
+    return Generation(text.strip(), [], logps, reason)
 
 
 def generate_answers(
