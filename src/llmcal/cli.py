@@ -195,6 +195,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _print(
         f"{args.scores}: model {meta.get('model', '?')} · task {meta.get('task', '?')} · "
         f"mode {meta.get('mode', '?')} · template {meta.get('template', '?')}"
+        + (" · view answer (confidence = p(answer is right))" if scores.view == "answer" else "")
     )
     _print(summary_table({"value": result}))
     subjects = result.get("subjects") or {}
@@ -377,7 +378,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Score both bundled models on the synthetic task and compare their calibration."""
     from llmcal.demo import run_demo
 
-    run_demo(out_dir=Path(args.out_dir), n=args.n, seed=args.seed, batch_size=args.batch_size)
+    run_demo(
+        out_dir=Path(args.out_dir),
+        n=args.n,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        freeform_n=args.freeform_n,
+    )
     return 0
 
 
@@ -845,6 +852,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=_positive_int, default=300, help="number of synthetic questions")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument(
+        "--freeform-n",
+        type=int,
+        default=40,
+        help="questions of the free-form (open-ended) section; 0 skips it",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("list", help="built-in tasks, templates and bundled models")

@@ -75,7 +75,7 @@ def test_load_errors(tmp_path: Path) -> None:
     path = scores.save(tmp_path / "s.parquet")
     with pytest.raises(ScoresError, match="it is a Scores file"):
         Answers.load(path)
-    with pytest.raises(ScoresError, match="use a .parquet path"):
+    with pytest.raises(ScoresError, match=r"use a \.parquet path"):
         make().save(tmp_path / "a.csv")
 
 
