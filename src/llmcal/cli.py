@@ -397,6 +397,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name, spec in BUILTIN_TASKS.items():
         _print(f"  {name:16s} {getattr(spec, 'description', '')}".rstrip())
     _print("  synthetic        generated arithmetic / comparison / ordering / unit questions")
+    from llmcal.tasks import OPEN_TASKS
+
+    _print("open-ended tasks (llmcal generate):")
+    for name, spec in OPEN_TASKS.items():
+        _print(f"  {name:16s} {spec.description}")
+    _print("  synthetic-open   the synthetic families asked without options")
     _print("templates:")
     for name, t in TEMPLATES.items():
         kind = "chat" if t.chat else (f"{t.shots}-shot" if t.shots else "zero-shot")
