@@ -400,8 +400,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     from llmcal.tasks import OPEN_TASKS
 
     _print("open-ended tasks (llmcal generate):")
-    for name, spec in OPEN_TASKS.items():
-        _print(f"  {name:16s} {spec.description}")
+    for name, open_spec in OPEN_TASKS.items():
+        _print(f"  {name:16s} {open_spec.description}")
     _print("  synthetic-open   the synthetic families asked without options")
     _print("templates:")
     for name, t in TEMPLATES.items():
