@@ -192,3 +192,9 @@ def test_daca_on_answer_view_recovers_a_scaled_copy() -> None:
         DACA().fit(target=target, reference=reference.as_options())
     naive = DACA(mask="none").fit(target=target, reference=reference)
     assert math.isfinite(naive.temperature)
+
+
+def test_platt_on_answers_of_one_class_says_so() -> None:
+    s = Scores.from_confidence([0.2, 0.7, 0.9], [0, 0, 0])
+    with pytest.raises(CalibrationError, match="all 3 calibration answers are wrong"):
+        PlattScaling().fit(s)

@@ -270,6 +270,12 @@ class PlattScaling(Calibrator):
     def fit(self, scores: Scores) -> Self:
         """Logistic regression of the label on z₁ − z₀ by damped Newton (2 parameters)."""
         require_labelled_rows(scores, "PlattScaling.fit")
+        if answer_view(scores) and np.unique(scores.labels).size < 2:
+            which = "right" if scores.labels[0] == 1 else "wrong"
+            raise CalibrationError(
+                f"PlattScaling.fit: all {len(scores)} calibration answers are {which}, so the "
+                "slope and intercept run off to infinity; use more calibration answers"
+            )
         require_two_classes(scores.labels, "PlattScaling.fit")
         d = self._delta(scores)
         y = scores.labels.astype(np.float64)
