@@ -141,9 +141,15 @@ def test_unlabelled_scores_refuse_eval(tmp_path: Path, capsys: pytest.CaptureFix
 
 @pytest.mark.model
 def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "demo", "--n", "40", "--out-dir", str(tmp_path))
+    code, out, err = run(
+        capsys, "demo", "--n", "40", "--freeform-n", "12", "--out-dir", str(tmp_path)
+    )
     assert code == 0, err
+    assert "Free-form answers: 12 synthetic questions" in out and "P(True) aligned" in out
     for name in (
+        "answers.parquet",
+        "ptrue-aligned.parquet",
+        "ptrue-base.parquet",
         "smollm2-135m-instruct.parquet",
         "gemma3-270m.parquet",
         "daca.json",

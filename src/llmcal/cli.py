@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llmcal._cliutil import Parser
+from llmcal._cliutil import Parser, add_group
 from llmcal._io import atomic_write_text, check_writable_dir
 from llmcal._version import __version__
 from llmcal.errors import ConfigError, LLMCalError, ScoresError, one_line, quote
@@ -112,6 +112,9 @@ _PATH_ARGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "apply": (("calibrator", "scores"), ("out",)),
     "report": (("runs", "calibrator", "conformal", "selective"), ("out",)),
     "import": (("samples", "responses", "results", "task"), ("out",)),
+    "generate": (("task", "model", "labels"), ("out",)),
+    "judge": (("answers", "labels"), ("out",)),
+    "confidence": (("answers", "model"), ("out",)),
     "finetune": (("task", "model"), ("out",)),
 }
 
@@ -415,6 +418,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _print(
         f"{args.scores}: model {meta.get('model', '?')} · task {meta.get('task', '?')} · "
         f"mode {meta.get('mode', '?')} · template {meta.get('template', '?')}"
+        + (" · view answer (confidence = p(answer is right))" if scores.view == "answer" else "")
     )
     _print(summary_table({"value": result}))
     _warn_eval(scores, result)
@@ -1096,7 +1100,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from llmcal.demo import run_demo
 
     check_writable_dir(args.out_dir, f"--out-dir {quote(args.out_dir)}")  # before the models load
-    run_demo(out_dir=Path(args.out_dir), n=args.n, seed=args.seed, batch_size=args.batch_size)
+    run_demo(
+        out_dir=Path(args.out_dir),
+        n=args.n,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        freeform_n=args.freeform_n,
+    )
     return 0
 
 
@@ -1109,6 +1119,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name, spec in BUILTIN_TASKS.items():
         _print(f"  {name:16s} {getattr(spec, 'description', '')}".rstrip())
     _print("  synthetic        generated arithmetic / comparison / ordering / unit questions")
+    from llmcal.tasks import OPEN_TASKS
+
+    _print("open-ended tasks (llmcal generate):")
+    for name, open_spec in OPEN_TASKS.items():
+        _print(f"  {name:16s} {open_spec.description}")
+    _print("  synthetic-open   the synthetic families asked without options")
     _print("templates:")
     for name, t in TEMPLATES.items():
         kind = "chat" if t.chat else (f"{t.shots}-shot" if t.shots else "zero-shot")
@@ -1117,6 +1133,338 @@ def cmd_list(args: argparse.Namespace) -> int:
     for alias, m in BUNDLED.items():
         _print(f"  {alias:22s} {m.role}: {m.description}")
     return 0
+
+
+# -- free-form answers: generate, judge, confidence --------------------------------------------
+def _judge_from_args(args: argparse.Namespace, answers: Any) -> Any:
+    """Judge ``answers`` by --labels, --judge-endpoint or --matcher (in that order)."""
+    from llmcal.judge import LLMJudge, judge_answers, labels_from_file
+
+    if args.labels and args.judge_endpoint:
+        raise ConfigError("give either --labels or --judge-endpoint, not both")
+    if args.labels:
+        return labels_from_file(answers, args.labels)
+    if args.judge_endpoint:
+        if not args.judge_model:
+            raise ConfigError("--judge-endpoint needs --judge-model NAME (the served model)")
+        judge = LLMJudge(
+            args.judge_endpoint, args.judge_model, api_key_env=args.api_key_env, progress=False
+        )
+        return judge.judge(answers)
+    if args.judge_model:
+        raise ConfigError("--judge-model needs --judge-endpoint URL")
+    return judge_answers(answers, args.matcher)
+
+
+def _judged_line(answers: Any) -> str:
+    judge = answers.meta.get("judge") or {}
+    how = judge.get("matcher") or judge.get("model") or judge.get("file") or "?"
+    known = int((answers.correct >= 0).sum())
+    line = f"judged {known} of {len(answers)} answers ({judge.get('kind', '?')}: {how})"
+    if known:
+        line += f"; accuracy {answers.accuracy():.4f}"
+    return line
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Generate free-form answers to an open-ended task, judge them, save Answers."""
+    from llmcal.models.generate import (
+        GenerationConfig,
+        HFGenerator,
+        HTTPGenerator,
+        discard_checkpoint,
+        generate_answers,
+    )
+    from llmcal.tasks import load_open_task
+
+    out = _out_path(args.out, [".parquet"], "--out")
+    config = GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature if not args.samples else 0.0,
+        samples=args.samples or 0,
+        sample_temperature=args.temperature if args.samples and args.temperature > 0 else 1.0,
+        stop=tuple(args.stop or ()),
+        stop_at_newline=not args.no_newline_stop,
+        seed=args.seed,
+        template=args.template,
+    )
+    task = load_open_task(args.task, data_dir=args.data_dir)
+    shots: list[Any] = []
+    if args.shots:
+        shots, task = task.shots_split(args.shots, seed=args.seed)
+    task = task.subset(args.limit, seed=None if args.no_shuffle else args.seed)
+    generator: Any
+    if args.endpoint:
+        generator = HTTPGenerator(
+            args.endpoint,
+            args.model,
+            api_key_env=args.api_key_env,
+            concurrency=args.concurrency,
+            timeout=args.timeout,
+            max_retries=args.retries,
+            progress=False,
+        )
+    else:
+        generator = HFGenerator.load(
+            args.model,
+            device=args.device,
+            dtype=args.dtype,
+            batch_size=args.batch_size,
+            trust_remote_code=args.trust_remote_code,
+            progress=False,
+        )
+    start = time.perf_counter()
+    answers, counts = generate_answers(
+        generator,
+        task,
+        config,
+        shots=shots,
+        out=out,
+        chunk_size=args.chunk_size,
+        resume=not args.restart,
+        progress=None,
+    )
+    elapsed = time.perf_counter() - start
+    answers = _judge_from_args(args, answers)
+    answers = answers.replace(meta={"seconds": round(elapsed, 3)})
+    answers.save(out)
+    discard_checkpoint(out)
+    n_tok = sum(len(t) for t in answers.token_logprobs)
+    rate = counts["generated"] / elapsed if elapsed > 0 else 0.0
+    line = f"generated {counts['generated']} answers in {elapsed:.1f}s ({rate:.2f} answers/s"
+    line += f", {n_tok / elapsed:.1f} tokens/s)" if elapsed > 0 else ")"
+    if counts["resumed"]:
+        line += f", {counts['resumed']} resumed from the checkpoint"
+    _print(line)
+    _print(_judged_line(answers))
+    _print(f"wrote {out}")
+    return 0
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    """Re-judge saved Answers with another matcher, an LLM judge or a label file."""
+    from llmcal.answers import Answers
+
+    out = _out_path(args.out, [".parquet"], "--out")
+    answers = _judge_from_args(args, Answers.load(args.answers))
+    answers.save(out)
+    _print(_judged_line(answers))
+    _print(f"wrote {out}")
+    return 0
+
+
+def cmd_confidence(args: argparse.Namespace) -> int:
+    """Confidence of saved Answers by one method → answer-view Scores."""
+    from llmcal.answers import Answers
+    from llmcal.confidence import confidence
+
+    out = _out_path(args.out, [".parquet"], "--out")
+    answers = Answers.load(args.answers)
+    scorer: Any = None
+    generator: Any = None
+    if args.method in ("ptrue", "verbal"):
+        if not args.model:
+            raise ConfigError(f"--method {args.method} needs --model (the model that judges)")
+        if args.endpoint:
+            from llmcal.models.generate import HTTPGenerator
+            from llmcal.models.http import HTTPScorer
+
+            if args.method == "ptrue":
+                scorer = HTTPScorer(
+                    args.endpoint, args.model, api_key_env=args.api_key_env, progress=False
+                )
+            else:
+                generator = HTTPGenerator(
+                    args.endpoint, args.model, api_key_env=args.api_key_env, progress=False
+                )
+        else:
+            from llmcal.models.generate import HFGenerator
+
+            generator = HFGenerator.load(
+                args.model,
+                device=args.device,
+                dtype=args.dtype,
+                batch_size=args.batch_size,
+                progress=False,
+            )
+            scorer = generator.scorer
+    elif args.model or args.endpoint:
+        raise ConfigError(f"--method {args.method} uses the saved answers only; drop --model")
+    start = time.perf_counter()
+    scores = confidence(
+        args.method, answers, scorer=scorer, generator=generator, matcher=args.matcher
+    )
+    elapsed = time.perf_counter() - start
+    scores = scores.replace(meta={"seconds": round(elapsed, 3)})
+    scores.save(out)
+    conf = scores.probs()[:, 1]
+    line = (
+        f"{args.method}: {len(scores)} answers in {elapsed:.1f}s; mean confidence {conf.mean():.4f}"
+    )
+    if answers.judged:
+        line += f", accuracy {answers.accuracy():.4f}"
+    info = scores.meta.get("confidence") or {}
+    if "unparseable" in info:
+        line += f"; {info['unparseable']} unparseable replies (confidence 0.5)"
+    _print(line)
+    _print(f"wrote {out}")
+    return 0
+
+
+def _add_judge_options(p: Any) -> None:
+    g = add_group(p, "judging")
+    g.add_argument(
+        "--matcher",
+        default="exact",
+        help="exact, contains, f1[:T] or numeric (SQuAD-normalised)",
+    )
+    g.add_argument(
+        "--judge-endpoint",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="judge correctness with a served model instead of a matcher",
+    )
+    g.add_argument("--judge-model", default=None, help="model name served at --judge-endpoint")
+    g.add_argument(
+        "--labels", default=None, metavar="FILE", help="human grades: .csv/.jsonl with id,correct"
+    )
+
+
+def _add_freeform_parsers(sub: Any) -> None:
+    from llmcal.confidence import METHODS
+
+    p = _command(
+        sub,
+        "generate",
+        help="free-form answers to an open-ended task → Answers (.parquet)",
+        description="Greedy answers (or --temperature T), plus --samples N sampled ones; "
+        "stops at a newline after some text, EOS, --stop strings or --max-new-tokens. Judged "
+        "by --matcher, --judge-endpoint or --labels. Then: llmcal confidence.",
+    )
+    g = add_group(p, "model")
+    g.add_argument("--model", required=True, help="bundled alias, .gguf, model dir, hub id")
+    g.add_argument("--batch-size", type=_positive_int, default=8, help="answers per batch")
+    g.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    g.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="weights dtype",
+    )
+    g.add_argument(
+        "--trust-remote-code", action="store_true", help="allow custom model code from the hub"
+    )
+    g = add_group(p, "data")
+    g.add_argument("--task", required=True, help="triviaqa, wikidata, synthetic-open or a .jsonl")
+    g.add_argument("--data-dir", default=None, help="folder of canonical JSONL files")
+    g.add_argument("--limit", type=_positive_int, default=None, help="answer at most N questions")
+    g.add_argument("--seed", type=_seed, default=0, help="seed of shuffle, shots and sampling")
+    g.add_argument("--no-shuffle", action="store_true", help="with --limit, take the first N")
+    g = add_group(p, "prompt")
+    g.add_argument("--template", choices=["qa", "chat"], default="qa", help="prompt format")
+    g.add_argument(
+        "--shots", type=_positive_int, default=None, help="few-shot examples from the task"
+    )
+    g = add_group(p, "generation")
+    g.add_argument(
+        "--max-new-tokens", type=_bounded_int(1, 4096), default=24, help="answer length cap"
+    )
+    g.add_argument(
+        "--temperature",
+        type=_finite_float(0, 100),
+        default=0.0,
+        help="0 = greedy; with --samples the temperature of the samples (default 1)",
+    )
+    g.add_argument(
+        "--samples",
+        type=_bounded_int(1, 1000),
+        default=None,
+        help="also sample N answers per question (for --method consistency)",
+    )
+    g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    g.add_argument("--no-newline-stop", action="store_true", help="do not stop at a newline")
+    _add_judge_options(p)
+    g = add_group(p, "endpoint")
+    g.add_argument(
+        "--endpoint",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="generate through an OpenAI-compatible server",
+    )
+    g.add_argument(
+        "--api-key-env", default=None, metavar="VAR", help="environment variable with the API key"
+    )
+    g.add_argument("--concurrency", type=_positive_int, default=4, help="requests in flight")
+    g.add_argument(
+        "--timeout",
+        type=_finite_float(0, 3600, open_lo=True),
+        default=30.0,
+        help="seconds per request attempt",
+    )
+    g.add_argument("--retries", type=_bounded_int(0, 100), default=5, help="retries per request")
+    g = add_group(p, "checkpoint")
+    g.add_argument("--chunk-size", type=_positive_int, default=32, help="answers per chunk")
+    g.add_argument("--restart", action="store_true", help="discard the checkpoint beside --out")
+    g = add_group(p, "output")
+    g.add_argument("--out", required=True, metavar="FILE", help="output Answers file (.parquet)")
+    p.set_defaults(func=cmd_generate)
+
+    p = _command(
+        sub,
+        "judge",
+        help="re-judge Answers (matcher, LLM judge or label file)",
+        description="Judge saved Answers again: another --matcher, an LLM judge through "
+        "--judge-endpoint, or human grades from --labels, joined by id.",
+    )
+    p.add_argument("answers", help="Answers file from llmcal generate")
+    _add_judge_options(p)
+    g = add_group(p, "endpoint")
+    g.add_argument(
+        "--api-key-env", default=None, metavar="VAR", help="environment variable with the API key"
+    )
+    g = add_group(p, "output")
+    g.add_argument("--out", required=True, metavar="FILE", help="output Answers file (.parquet)")
+    p.set_defaults(func=cmd_judge)
+
+    p = _command(
+        sub,
+        "confidence",
+        help="confidence of Answers → answer-view Scores (.parquet)",
+        description="ptrue (the --model judges each answer True/False), seqlik / seqlik-total "
+        "(the answers' own token log-probs), verbal (--model states a probability), "
+        "consistency (agreement of --samples with the answer). The output works with eval, "
+        "fit, apply, report and fit daca.",
+    )
+    p.add_argument("answers", help="Answers file from llmcal generate")
+    g = add_group(p, "method")
+    g.add_argument("--method", choices=METHODS, required=True, help="confidence method")
+    g.add_argument("--matcher", default="exact", help="consistency: how samples are compared")
+    g = add_group(p, "model")
+    g.add_argument("--model", default=None, help="ptrue / verbal: the model that judges")
+    g.add_argument("--batch-size", type=_positive_int, default=8, help="answers per batch")
+    g.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    g.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="weights dtype",
+    )
+    g = add_group(p, "endpoint")
+    g.add_argument(
+        "--endpoint",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="ptrue / verbal through an OpenAI-compatible server",
+    )
+    g.add_argument(
+        "--api-key-env", default=None, metavar="VAR", help="environment variable with the API key"
+    )
+    g = add_group(p, "output")
+    g.add_argument("--out", required=True, metavar="FILE", help="output Scores file (.parquet)")
+    p.set_defaults(func=cmd_confidence)
 
 
 # -- parser -------------------------------------------------------------------------------------
@@ -1617,6 +1965,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     _add_finetune_parser(sub)
+    _add_freeform_parsers(sub)
 
     p = _command(
         sub,
@@ -1685,6 +2034,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=_seed, default=0, help="seed of the synthetic questions")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="questions per forward pass")
+    p.add_argument(
+        "--freeform-n",
+        type=_bounded_int(0, 100_000),
+        default=40,
+        help="questions of the free-form (open-ended) section; 0 skips it",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = _command(sub, "list", help="built-in tasks, templates and bundled models")

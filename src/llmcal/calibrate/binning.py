@@ -6,6 +6,10 @@ log-probabilities as the new logits. Predictions are kept: when c′ is so low t
 would overtake the top option, c′ is raised to the tie point (the smallest value that keeps the
 argmax), and the number of such rows is recorded (``n_argmax_clamped`` in the applied-calibration
 meta, and for the calibration set in the artefact's ``fit`` record).
+
+On answer-view Scores (free-form answers: columns [False, True], label 1 = the answer is right)
+they map p(True) to a calibrated p(True) instead, fitted against correctness; a calibrator
+fitted on one view refuses Scores of the other.
 """
 
 from __future__ import annotations
@@ -16,7 +20,12 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import isotonic_regression
 
-from llmcal.calibrate._solvers import check_full_rows, rescale_top_label, top_label_confidence
+from llmcal.calibrate._solvers import (
+    MAX_CONFIDENCE,
+    check_full_rows,
+    rescale_top_label,
+    top_label_confidence,
+)
 from llmcal.calibrate.base import (
     Calibrator,
     as_scores,
@@ -35,35 +44,72 @@ if TYPE_CHECKING:
 FloatArray = npt.NDArray[np.float64]
 
 
+def answer_view(scores: Scores) -> bool:
+    """True for answer-view Scores (confidence that a given answer is right)."""
+    return str(getattr(scores, "view", None) or scores.meta.get("view", "options")) == "answer"
+
+
+def _p_true(scores: Scores) -> FloatArray:
+    if scores.k != 2:
+        raise CalibrationError(
+            f"answer-view Scores must have 2 columns [False, True], these have K={scores.k}"
+        )
+    return np.asarray(scores.probs()[:, 1], dtype=np.float64)
+
+
 class _TopLabel(Calibrator):
     """Shared code of the top-label calibrators: fit a map confidence → accuracy."""
 
     output_logit_kind: ClassVar[str] = "probs_log"
 
     def fit(self, scores: Scores | npt.ArrayLike, labels: npt.ArrayLike | None = None) -> Self:
-        """Fit the confidence map on labelled Scores (or ``logits``, ``labels`` arrays)."""
+        """Fit the confidence map on labelled Scores (or ``logits``, ``labels`` arrays).
+
+        Options view: top-label confidence → accuracy of the argmax. Answer view (free-form
+        answers, ``meta["view"] == "answer"``): p(True) → probability that the answer is right.
+        """
         scores = as_scores(scores, labels, f"{type(self).__name__}.fit")
         require_labelled_rows(scores, f"{type(self).__name__}.fit")
-        top, conf = top_label_confidence(scores.logits)
-        correct = (top == scores.labels).astype(np.float64)
+        answer = answer_view(scores)
+        if answer:
+            conf = _p_true(scores)
+            correct = (scores.labels == 1).astype(np.float64)
+        else:
+            top, conf = top_label_confidence(scores.logits)
+            correct = (top == scores.labels).astype(np.float64)
         info = self._fit_map(conf, correct)
-        _, n_clamped = rescale_top_label(scores.logits, self._map(conf))
+        n_clamped = 0 if answer else rescale_top_label(scores.logits, self._map(conf))[1]
         self.fit_info_ = {
             "n": len(scores),
             "n_used": len(scores),
             **provenance(scores),
             **info,
+            "view": "answer" if answer else "options",
             "n_argmax_clamped": n_clamped,
         }
         return self
 
     def calibrated_confidence(self, scores: Scores | npt.ArrayLike) -> FloatArray:
-        """The calibrated top-label confidence of each row (before argmax protection)."""
+        """The calibrated confidence of each row (top label before argmax protection; or p(True))."""
         self._check_fitted()
         scores = as_scores(scores, who=f"{type(self).__name__}.calibrated_confidence")
+        if answer_view(scores):
+            return self._map(_p_true(scores))
         return self._map(top_label_confidence(scores.logits)[1])
 
     def _transform_logits(self, scores: Scores) -> tuple[FloatArray, dict[str, Any]]:
+        fitted = (self.fit_info_ or {}).get("view", "options")
+        given = "answer" if answer_view(scores) else "options"
+        if fitted != given:
+            raise CalibrationError(
+                f"{type(self).__name__} was fitted on {fitted}-view Scores but these are "
+                f"{given}-view; fit it on Scores of the same kind"
+            )
+        if answer_view(scores):
+            # p(True) → calibrated p(True); no argmax to protect (the answer is given)
+            check_full_rows(scores.logits, type(self).__name__, 2)
+            c = np.clip(self._map(_p_true(scores)), 1.0 - MAX_CONFIDENCE, MAX_CONFIDENCE)
+            return np.stack([np.log1p(-c), np.log(c)], axis=1), {"view": "answer"}
         new_conf = self._map(top_label_confidence(scores.logits)[1])
         logp, n_clamped = rescale_top_label(scores.logits, new_conf)
         return logp, {"n_argmax_clamped": n_clamped}
@@ -231,6 +277,12 @@ class PlattScaling(Calibrator):
         """
         scores = as_scores(scores, labels, "PlattScaling.fit")
         require_labelled_rows(scores, "PlattScaling.fit")
+        if answer_view(scores) and np.unique(scores.labels).size < 2:
+            which = "right" if scores.labels[0] == 1 else "wrong"
+            raise CalibrationError(
+                f"PlattScaling.fit: all {len(scores)} calibration answers are {which}, so the "
+                "slope and intercept run off to infinity; use more calibration answers"
+            )
         require_two_classes(scores.labels, "PlattScaling.fit")
         d = self._delta(scores)
         y = scores.labels.astype(np.float64)

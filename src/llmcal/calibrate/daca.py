@@ -326,6 +326,16 @@ class DACA(Calibrator):
     ) -> tuple[Scores, FloatArray, FloatArray, FloatArray, dict[str, Any]]:
         if not isinstance(target, Scores) or not isinstance(reference, Scores):
             raise CalibrationError("DACA.fit(target=..., reference=...) takes two Scores objects")
+        views = [str(getattr(s, "view", None) or s.meta.get("view", "options"))
+                 for s in (target, reference)]  # fmt: skip
+        if views[0] != views[1]:
+            raise CalibrationError(
+                f"DACA: the target holds {views[0]}-view Scores and the reference "
+                f"{views[1]}-view ones; both must be the same view (for free-form answers: "
+                "P(True) of the same answers from both models, llmcal confidence --method ptrue)"
+            )
+        if views[0] == "answer" and (target.k != 2 or reference.k != 2):
+            raise CalibrationError("DACA: answer-view Scores must have 2 columns [False, True]")
         try:
             if len(target) == len(reference) and np.array_equal(target.ids, reference.ids):
                 t, r = target, reference  # already aligned: skip the id lookup

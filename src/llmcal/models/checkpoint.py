@@ -165,9 +165,7 @@ class Checkpoint:
                 )
             self.chunks[rec["chunk"]] = rec
 
-    def add(
-        self, index: int, ids: list[str], rows: list[list[float]], meta: dict[str, Any]
-    ) -> None:
+    def add(self, index: int, ids: list[str], rows: Sequence[Any], meta: dict[str, Any]) -> None:
         """Append one finished chunk."""
         rec = {"chunk": index, "ids": ids, "rows": rows, "meta": meta}
         if self._header is not None:
@@ -385,3 +383,94 @@ class CheckpointedScorer:
         return progress(
             total, f"scoring {self.name}", unit="q", initial=initial, enabled=self.progress
         )
+
+
+class ChunkedRun:
+    """A resumable run over any per-question computation (e.g. generation), one row a question.
+
+    The questions ``ids`` are cut into consecutive chunks of ``chunk_size``; ``run(compute)``
+    calls ``compute(start, stop)`` → (rows, meta) for each chunk the checkpoint at ``path`` does
+    not hold yet and appends it (the same crash-safe :class:`Checkpoint` file and key check as
+    :class:`CheckpointedScorer`; rows may be any JSON values). ``path=None`` runs without a
+    checkpoint. Returns all rows in order, the chunk metas merged and the run's start time.
+    """
+
+    def __init__(
+        self,
+        path: Path | None,
+        key: dict[str, Any],
+        ids: Sequence[str],
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        resume: bool = True,
+        desc: str = "running",
+        progress: bool | None = None,
+    ) -> None:
+        if chunk_size < 1:
+            raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.path = path
+        self.ids = list(ids)
+        self.chunk_size = int(chunk_size)
+        self.key = _jsonable(
+            {**key, "n": len(self.ids), "ids_sha": _digest("\n".join(self.ids)),
+             "chunk_size": self.chunk_size}
+        )  # fmt: skip
+        self.resume = resume
+        self.desc = desc
+        self.progress = progress
+        self.resumed_rows = 0
+        self.computed_rows = 0
+
+    def run(
+        self, compute: Callable[[int, int], tuple[list[Any], dict[str, Any]]]
+    ) -> tuple[list[Any], dict[str, Any], str]:
+        """Compute the missing chunks; (rows, merged meta, created)."""
+        from tqdm.auto import tqdm
+
+        bounds = [
+            (s, min(s + self.chunk_size, len(self.ids)))
+            for s in range(0, len(self.ids), self.chunk_size)
+        ]
+        ckpt: Checkpoint | None = None
+        done: dict[int, dict[str, Any]] = {}
+        created = ""
+        if self.path is not None:
+            ckpt = Checkpoint(self.path, self.key)
+            ckpt.open(self.resume)
+            created = ckpt.created
+            for index, rec in ckpt.chunks.items():
+                a, b = bounds[index] if index < len(bounds) else (0, -1)
+                if rec.get("ids") != self.ids[a:b]:
+                    raise ScoresError(
+                        f"{self.path}: chunk {index} holds other questions than the task; delete "
+                        "the checkpoint (or pass --restart)"
+                    )
+            done = dict(ckpt.chunks)
+        self.resumed_rows = sum(bounds[i][1] - bounds[i][0] for i in done)
+        self.computed_rows = 0
+        disable = not self.progress if self.progress is not None else None
+        with tqdm(
+            total=len(self.ids), initial=self.resumed_rows, desc=self.desc, unit="q",
+            disable=disable, leave=False,
+        ) as bar:  # fmt: skip
+            for index, (a, b) in enumerate(bounds):
+                if index in done:
+                    continue
+                rows, meta = compute(a, b)
+                if len(rows) != b - a:
+                    raise AssertionError(f"chunk {index}: {len(rows)} rows for {b - a} questions")
+                rec = {"chunk": index, "ids": self.ids[a:b], "rows": _jsonable(rows),
+                       "meta": _jsonable(meta)}  # fmt: skip
+                if ckpt is not None:
+                    ckpt.add(index, rec["ids"], rec["rows"], rec["meta"])
+                done[index] = rec
+                self.computed_rows += b - a
+                bar.update(b - a)
+        rows_all = [row for i in range(len(bounds)) for row in done[i]["rows"]]
+        meta_all = merge_meta([done[i]["meta"] for i in range(len(bounds))])
+        return rows_all, meta_all, created
+
+    def discard(self) -> None:
+        """Delete the checkpoint."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)

@@ -120,6 +120,12 @@ def _text_problem(value: Any) -> str | None:
 def _canonical_question(rec: Any, where: str, default_id: str) -> Question:
     if not isinstance(rec, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    if "answers" in rec:  # an open-ended row (see llmcal.tasks.openended)
+        both = "both 'choices' and 'answers'" if "choices" in rec else "'answers' and no 'choices'"
+        raise DataError(
+            f"{where}: the row has {both}; open-ended rows ('answers' only) are read by "
+            "`llmcal generate` / load_open_task, multiple-choice rows need 'choices' + 'answer'"
+        )
     # fields beyond the schema are the file's own metadata: kept in Question.extra
     extra = {k: v for k, v in rec.items() if k not in CANONICAL_FIELDS}
     qid = rec.get("id")

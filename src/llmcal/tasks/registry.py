@@ -145,9 +145,96 @@ BUILTIN_TASKS: dict[str, BuiltinTask] = {
 }
 
 
+@dataclass(frozen=True)
+class OpenBuiltinTask:
+    """A named open-ended (free-form answer) task: its canonical file and a description."""
+
+    name: str
+    filename: str
+    description: str
+
+
+OPEN_TASKS: dict[str, OpenBuiltinTask] = {
+    t.name: t
+    for t in (
+        OpenBuiltinTask(
+            "triviaqa",
+            "triviaqa.jsonl",
+            "TriviaQA (3,000 validation questions), free-form answers with alias lists",
+        ),
+        OpenBuiltinTask(
+            "wikidata",
+            "wikidata.jsonl",
+            "BIG-bench qa_wikidata (8,000), sentences to complete, one reference answer",
+        ),
+    )
+}
+
+
 def known_tasks() -> list[str]:
     """Names :func:`load_task` accepts besides paths (built-ins and the synthetic spec)."""
     return [*BUILTIN_TASKS, "synthetic", "synthetic:<family>+<family>", "hf:<dataset>"]
+
+
+def known_open_tasks() -> list[str]:
+    """Names :func:`load_open_task` accepts besides paths."""
+    return [*OPEN_TASKS, "synthetic-open", "synthetic-open:<family>+<family>"]
+
+
+def load_open_task(
+    name_or_path: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    name: str | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Load an open-ended task: a built-in name, an open-ended JSONL file or ``synthetic-open``.
+
+    ``kwargs`` (n, seed, difficulty, families) apply to ``synthetic-open[:families]`` only.
+    """
+    from llmcal.tasks.openended import load_open_jsonl
+    from llmcal.tasks.synthetic import synthetic_open_task
+
+    spec = os.fspath(name_or_path)
+    if spec == "synthetic-open" or spec.startswith("synthetic-open:"):
+        unknown = sorted(set(kwargs) - {"n", "seed", "difficulty", "families"})
+        if unknown:
+            raise ConfigError(f"synthetic-open takes n, seed, difficulty, families; not {unknown}")
+        if spec.startswith("synthetic-open:"):
+            kwargs = {**kwargs, "families": parse_families(spec.split(":", 1)[1])}
+        task = synthetic_open_task(**kwargs)
+        return replace(task, name=name) if name else task
+    _no_options(spec, **kwargs)
+    if spec in OPEN_TASKS:
+        entry = OPEN_TASKS[spec]
+        folder = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or None
+        if folder is None or not (Path(folder) / entry.filename).is_file():
+            where = "no data directory given" if folder is None else f"{folder} lacks it"
+            raise DataError(
+                f"open-ended task {spec!r} needs its file {entry.filename} ({where}); pass "
+                f"--data-dir DIR or set {DATA_DIR_ENV}=DIR to the folder holding it"
+            )
+        task = load_open_jsonl(Path(folder) / entry.filename, name=name or entry.name)
+        return replace(task, metadata={**task.metadata, "task": entry.name})
+    if spec in BUILTIN_TASKS or spec == "synthetic" or spec.startswith("synthetic:"):
+        raise ConfigError(
+            f"{spec!r} is a multiple-choice task; score it with `llmcal score`. Open-ended "
+            f"tasks: {', '.join(known_open_tasks())}, or an open-ended .jsonl file"
+        )
+    path = Path(spec)
+    if path.is_file():
+        if path.suffix.lower() not in (".jsonl", ".json"):
+            raise DataError(
+                f"{path}: open-ended tasks are read from canonical .jsonl files "
+                '({"id", "question", "answers": [...]} per line)'
+            )
+        return load_open_jsonl(path, name=name)
+    if os.sep in spec or "/" in spec or path.suffix:
+        raise DataError(f"{spec}: no such file or directory")
+    raise ConfigError(
+        f"unknown open-ended task {spec!r}; choose one of {', '.join(known_open_tasks())}, or "
+        "give a path to an open-ended .jsonl file"
+    )
 
 
 def load_task(
@@ -174,6 +261,11 @@ def load_task(
     if spec in BUILTIN_TASKS:
         _no_options(spec, mapping=mapping, split=split, config=config)
         return _builtin(BUILTIN_TASKS[spec], data_dir, name)
+    if spec in OPEN_TASKS or spec == "synthetic-open" or spec.startswith("synthetic-open:"):
+        raise ConfigError(
+            f"{spec!r} is an open-ended task (free-form answers, no options): generate answers "
+            "with `llmcal generate`, then `llmcal confidence`"
+        )
     if spec.startswith("hf:"):
         task = load_hf(
             spec[3:], split or "test", _need_mapping(spec, mapping), config=config, name=name

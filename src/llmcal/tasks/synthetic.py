@@ -324,3 +324,110 @@ _GENERATORS: dict[str, _Family] = {
     "units": _units,
     "calendar": _calendar,
 }
+
+
+# -- open-ended variant -----------------------------------------------------------------------
+
+_NUMBER_WORDS = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+    "twenty",
+]
+OPEN_GENERATOR_VERSION = 1
+
+
+def _number_spellings(text: str) -> list[str]:
+    """``"12"`` → ``["12", "twelve"]``; ``"1000"`` → ``["1000", "1,000"]``."""
+    out = [text]
+    if text.lstrip("-").isdigit():
+        v = int(text)
+        if 0 <= v < len(_NUMBER_WORDS):
+            out.append(_NUMBER_WORDS[v])
+        if abs(v) >= 1000:
+            out.append(f"{v:,}")
+    elif text.startswith("0."):
+        out.append(text[1:])  # ".5"
+    return out
+
+
+def _open_form(
+    family: str, rng: np.random.Generator, text: str, correct: str, pool: list[str]
+) -> tuple[str, list[str]]:
+    """The question asked without options, and the accepted spellings of its answer."""
+    if family == "comparison":
+        shown = _shuffled(rng, [correct, *_distinct(pool, exclude=correct)[:4]])
+        word = "largest" if "largest" in text else "smallest"
+        return f"Which number is the {word}: {', '.join(shown)}?", _number_spellings(correct)
+    if family == "ordering":
+        values = correct.split(", ")
+        shown = _shuffled(rng, values)
+        if shown == values:
+            shown = shown[1:] + shown[:1]
+        word = "ascending (smallest to largest)" if "ascending" in text else "descending"
+        question = f"Write the numbers {', '.join(shown)} in {word} order."
+        return question, [correct, " ".join(values), ",".join(values)]
+    if family == "calendar":
+        return text, [correct, correct[:3]]
+    return text, _number_spellings(correct)
+
+
+def synthetic_open_task(
+    n: int = 200,
+    seed: int = 0,
+    families: Sequence[str] | None = None,
+    difficulty: int | str = "mixed",
+) -> Any:
+    """The synthetic families asked without options: an OpenTask with computed answers.
+
+    Question ``i`` uses the same PCG64 stream ``(seed, i)`` as :func:`synthetic_task`, so the
+    computed answer of question ``i`` is the same in both; answers list its accepted spellings
+    (digits and words for small numbers, ``1,000`` for large ones, ``3 5 9`` for lists, ``Mon``
+    for ``Monday``).
+    """
+    from llmcal.tasks.openended import OpenQuestion, OpenTask
+
+    fams = _check_args(n, seed, families, difficulty, 4)
+    questions = []
+    for i in range(n):
+        family = fams[i % len(fams)]
+        level = 1 + (i // len(fams)) % 3 if difficulty == "mixed" else int(difficulty)
+        rng = np.random.default_rng([seed, i])
+        text, correct, pool = _GENERATORS[family](rng, level)
+        question, answers = _open_form(family, rng, text, correct, pool)
+        questions.append(
+            OpenQuestion(
+                f"synthetic-open-{family}-{seed}-{i}",
+                question,
+                tuple(dict.fromkeys(answers)),
+                subject=family,
+            )
+        )
+    name = "synthetic-open" if families is None else "synthetic-open:" + "+".join(fams)
+    meta: dict[str, Any] = {
+        "source": "synthetic",
+        "n": int(n),
+        "seed": int(seed),
+        "families": list(fams),
+        "difficulty": difficulty,
+        "generator_version": GENERATOR_VERSION,
+        "open_generator_version": OPEN_GENERATOR_VERSION,
+    }
+    return OpenTask(name, tuple(questions), metadata=meta)
