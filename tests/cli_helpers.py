@@ -14,10 +14,20 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+#: Progress lines a run prints on stderr before it starts its work (see llmcal.progress).
+PROGRESS_PREFIXES = ("llmcal: scoring ", "llmcal: generating ", "llmcal: resuming ")
+
+
 def assert_user_error(code: int, err: str, *fragments: str) -> None:
-    """The CLI's error contract: exit 2, one ``llmcal: error:`` line, no traceback."""
+    """The CLI's error contract: exit 2, one ``llmcal: error:`` line, no traceback.
+
+    An error found while the work runs (a server that fails mid-run) may follow the run's own
+    progress lines; nothing else may stand beside the error line.
+    """
     assert code == 2
-    assert err.startswith("llmcal: error: ")
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and lines, err
+    assert lines[-1].startswith("llmcal: error: "), err
+    assert all(line.startswith(PROGRESS_PREFIXES) for line in lines[:-1]), err
     for f in fragments:
-        assert f in err, err
+        assert f in lines[-1], err

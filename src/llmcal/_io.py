@@ -53,7 +53,7 @@ def check_depth(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
 
 
 def _why(exc: OSError) -> str:
-    return exc.strerror or type(exc).__name__
+    return exc.strerror or str(exc)[:200] or type(exc).__name__
 
 
 def check_writable_dir(folder: str | os.PathLike[str], what: str) -> None:

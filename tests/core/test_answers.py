@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from llmcal.answers import Answers
-from llmcal.errors import ScoresError
+from llmcal.errors import OutputError, ScoresError
 from llmcal.scores import Scores
 
 
@@ -86,6 +86,6 @@ def test_failed_save_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         raise OSError("disk full")
 
     monkeypatch.setattr(pq, "write_table", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="disk full"):
         make().save(tmp_path / "a.parquet")
     assert list(tmp_path.iterdir()) == []

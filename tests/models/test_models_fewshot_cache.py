@@ -82,7 +82,8 @@ def test_cached_fewshot_prefix_equals_each_full_prompt(
     got = scores.logits
     if mode == "letter":  # raw logits vs log-probs differ by one constant per row
         got, ref = got - got.mean(1, keepdims=True), ref - ref.mean(1, keepdims=True)
-    np.testing.assert_allclose(got, ref, atol=1e-4)
+    # summed cloze log-likelihoods reach -40 and more: float32 rounding grows with the sum
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-5)
     assert (got.argmax(1) == ref.argmax(1)).all()
 
 

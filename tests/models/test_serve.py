@@ -228,7 +228,7 @@ def test_upstream_faults_become_502_or_504_without_the_key(
     for action, status, words in [
         ("500", 502, "HTTP 500"),
         ("garbage", 502, "unreadable response body"),
-        ("nochoices", 502, "malformed completion response"),
+        ("nochoices", 502, "malformed reply"),
         ("stall", 504, "did not answer in time"),
     ]:
         with (

@@ -99,9 +99,10 @@ def merge_meta(metas: Sequence[dict[str, Any]]) -> dict[str, Any]:
 class Checkpoint:
     """The append-only JSONL checkpoint of one run (see the module docstring)."""
 
-    def __init__(self, path: Path, key: dict[str, Any]) -> None:
+    def __init__(self, path: Path, key: dict[str, Any], numeric_rows: bool = True) -> None:
         self.path = path
         self.key = key
+        self.numeric_rows = numeric_rows  # scorer rows are option logits; others any JSON
         self.created = ""
         self.chunks: dict[int, dict[str, Any]] = {}
         self._header: dict[str, Any] | None = None  # written with the first finished chunk
@@ -157,7 +158,7 @@ class Checkpoint:
                 os.fsync(fh.fileno())
         self.created = str(header.get("created", ""))
         for n, rec in enumerate(records[1:], 2):
-            problem = _chunk_problem(rec)
+            problem = _chunk_problem(rec, self.numeric_rows)
             if problem is not None:
                 raise ConfigError(
                     f"{self.path}, line {n}: not a valid checkpoint chunk ({problem}); delete the "
@@ -210,7 +211,7 @@ def _parse(line: bytes) -> dict[str, Any] | None:
     return rec if isinstance(rec, dict) else None
 
 
-def _chunk_problem(rec: dict[str, Any]) -> str | None:
+def _chunk_problem(rec: dict[str, Any], numeric_rows: bool = True) -> str | None:
     """Why an intact checkpoint line is not a chunk record (None when it is one)."""
     index, ids, rows, meta = (rec.get(k) for k in ("chunk", "ids", "rows", "meta"))
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
@@ -219,7 +220,7 @@ def _chunk_problem(rec: dict[str, Any]) -> str | None:
         return "'ids' is not a list of strings"
     if not isinstance(rows, list) or len(rows) != len(ids):
         return "'rows' is not one list per id"
-    for row in rows:
+    for row in rows if numeric_rows else ():
         if not isinstance(row, list) or not all(
             isinstance(x, (int, float)) and not isinstance(x, bool) for x in row
         ):
@@ -435,7 +436,7 @@ class ChunkedRun:
         done: dict[int, dict[str, Any]] = {}
         created = ""
         if self.path is not None:
-            ckpt = Checkpoint(self.path, self.key)
+            ckpt = Checkpoint(self.path, self.key, numeric_rows=False)
             ckpt.open(self.resume)
             created = ckpt.created
             for index, rec in ckpt.chunks.items():
