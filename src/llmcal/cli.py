@@ -1311,6 +1311,31 @@ def cmd_confidence(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_metric_options(p: Any) -> Any:
+    """The binning and bootstrap options `eval` and `report` share; returns their group."""
+    g = add_group(p, "metric")
+    g.add_argument(
+        "--bins",
+        type=_bounded_int(1, MAX_BINS),
+        default=15,
+        help=f"number of ECE bins (1..{MAX_BINS})",
+    )
+    g.add_argument(
+        "--binning",
+        choices=["width", "mass"],
+        default="width",
+        help="equal-width or equal-mass ECE bins",
+    )
+    g.add_argument(
+        "--resamples",
+        type=_bounded_int(1, MAX_RESAMPLES),
+        default=1000,
+        help=f"bootstrap resamples (1..{MAX_RESAMPLES})",
+    )
+    g.add_argument("--seed", type=_seed, default=0, help="bootstrap seed")
+    return g
+
+
 def _add_judge_options(p: Any) -> None:
     g = add_group(p, "judging")
     g.add_argument(
@@ -1652,27 +1677,8 @@ def build_parser() -> argparse.ArgumentParser:
         "labelled Scores file; optionally all metrics as JSON and a reliability diagram.",
     )
     p.add_argument("scores", help="Scores file (.parquet) from llmcal score")
-    g = add_group(p, "metric")
-    g.add_argument(
-        "--bins",
-        type=_bounded_int(1, MAX_BINS),
-        default=15,
-        help=f"number of ECE bins (1..{MAX_BINS})",
-    )
-    g.add_argument(
-        "--binning",
-        choices=["width", "mass"],
-        default="width",
-        help="equal-width or equal-mass ECE bins",
-    )
+    g = _add_metric_options(p)
     g.add_argument("--no-ci", action="store_true", help="skip the bootstrap confidence interval")
-    g.add_argument(
-        "--resamples",
-        type=_bounded_int(1, MAX_RESAMPLES),
-        default=1000,
-        help=f"bootstrap resamples (1..{MAX_RESAMPLES})",
-    )
-    g.add_argument("--seed", type=_seed, default=0, help="bootstrap seed")
     g = add_group(p, "output")
     g.add_argument("--subjects", action="store_true", help="also print the per-subject table")
     g.add_argument(
@@ -1921,26 +1927,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SEL.json",
         help="add this selective rule's risk and coverage on the last RUN (llmcal fit selective)",
     )
-    g = add_group(p, "metric")
-    g.add_argument(
-        "--bins",
-        type=_bounded_int(1, MAX_BINS),
-        default=15,
-        help=f"number of ECE bins (1..{MAX_BINS})",
-    )
-    g.add_argument(
-        "--binning",
-        choices=["width", "mass"],
-        default="width",
-        help="equal-width or equal-mass ECE bins",
-    )
-    g.add_argument(
-        "--resamples",
-        type=_bounded_int(1, MAX_RESAMPLES),
-        default=1000,
-        help=f"bootstrap resamples (1..{MAX_RESAMPLES})",
-    )
-    g.add_argument("--seed", type=_seed, default=0, help="bootstrap seed")
+    g = _add_metric_options(p)
     g.add_argument(
         "--tolerance",
         type=float,
