@@ -1315,6 +1315,17 @@ def cmd_confidence(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_device_options(g: Any) -> None:
+    """--device and --dtype, as every command that loads a model in-process takes them."""
+    g.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    g.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="weights dtype (auto: bfloat16 on a GPU that has it, else float32)",
+    )
+
+
 def _add_metric_options(p: Any) -> Any:
     """The binning and bootstrap options `eval` and `report` share; returns their group."""
     g = add_group(p, "metric")
@@ -1374,13 +1385,7 @@ def _add_freeform_parsers(sub: Any) -> None:
     g = add_group(p, "model")
     g.add_argument("--model", required=True, help="bundled alias, .gguf, model dir, hub id")
     g.add_argument("--batch-size", type=_positive_int, default=8, help="answers per batch")
-    g.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    g.add_argument(
-        "--dtype",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        default="auto",
-        help="weights dtype",
-    )
+    _add_device_options(g)
     g.add_argument(
         "--trust-remote-code", action="store_true", help="allow custom model code from the hub"
     )
@@ -1473,13 +1478,7 @@ def _add_freeform_parsers(sub: Any) -> None:
     g = add_group(p, "model")
     g.add_argument("--model", default=None, help="ptrue / verbal: the model that judges")
     g.add_argument("--batch-size", type=_positive_int, default=8, help="answers per batch")
-    g.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    g.add_argument(
-        "--dtype",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        default="auto",
-        help="weights dtype",
-    )
+    _add_device_options(g)
     g = add_group(p, "endpoint")
     g.add_argument(
         "--endpoint",
@@ -1551,13 +1550,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--adapter", default=None, help="PEFT adapter directory")
     g.add_argument("--batch-size", type=_positive_int, default=8, help="questions per forward pass")
-    g.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    g.add_argument(
-        "--dtype",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        default="auto",
-        help="weights dtype (auto: bfloat16 on a GPU that has it, else float32)",
-    )
+    _add_device_options(g)
     g.add_argument(
         "--trust-remote-code", action="store_true", help="allow custom model code from the hub"
     )
