@@ -16,7 +16,15 @@ Reports per-request latency p50 / p99 and requests/s per way and concurrency; th
 is the proxy's p50 / p99 minus the direct one at the same concurrency. Every calibrated answer is
 checked against the calibrator applied to the direct response.
 Writes benchmarks/results/serving.{json,md}.
-Usage: python benchmarks/serving.py [--n 16] [--concurrency 1 4 16]
+
+``--freeform``: free-form answers on the model at one client, three ways per open-ended
+question: ``direct generation`` (the ``llmcal generate`` prompt, greedy, 24 tokens), ``direct
+generation + P(True)`` (that, then the P(True) scoring request, sequentially, as a client would
+do it by hand) and ``proxy free-form`` (``{"llmcal": {"question"}}``: the proxy does both and
+calibrates). Every proxy P(True) is checked against ``llmcal.confidence.ptrue`` on the same
+answer through the upstream. Writes benchmarks/results/serving_freeform.{json,md}.
+
+Usage: python benchmarks/serving.py [--n 16] [--concurrency 1 4 16] | --freeform [--n 8]
 """
 
 from __future__ import annotations
@@ -59,9 +67,13 @@ def main() -> None:
     ap.add_argument("--task", default="mmlu")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--replay-server", nargs=2, metavar=("FILE", "PORT"), help=argparse.SUPPRESS)
+    ap.add_argument("--freeform", action="store_true", help="free-form answers (P(True)) only")
     args = ap.parse_args()
     if args.replay_server:
         _replay_server(Path(args.replay_server[0]), int(args.replay_server[1]))
+        return
+    if args.freeform:
+        _freeform(args.n)
         return
     n_max = max(args.n, *args.concurrency)
     task = load_task(args.task, data_dir=DATA_DIR).subset(n_max, seed=0)
@@ -318,6 +330,128 @@ rendering, a one-row Scores and the calibrator's transform, in one Python proces
 (65 to 80 requests/s here, on two cores shared with the load generator and the replay server),
 so requests queue at the proxy instead; that is far above what one model server answers.
 """
+
+
+async def _pairs(url: str, gen: list[dict[str, Any]], scorer: Any, task: Any) -> dict[str, Any]:
+    """Per question: the generation request, then the P(True) request of its answer."""
+    from llmcal.confidence import PTRUE_TEMPLATE, one_answer, ptrue_task
+
+    lat: list[float] = []
+    async with httpx.AsyncClient(timeout=600, trust_env=False) as client:
+        await client.post(url, json=gen[0])  # warm-up, as in _load
+        start = time.perf_counter()
+        for q, body in zip(task, gen, strict=True):
+            t0 = time.perf_counter()
+            r = (await client.post(url, json=body)).json()
+            text = r["choices"][0]["text"].strip().split("\n")[0].strip()
+            pq = ptrue_task(one_answer(q.id, q.question, text)).questions[0]
+            (await client.post(url, json=scorer.letter_request(PTRUE_TEMPLATE, pq)[1])).json()
+            lat.append(time.perf_counter() - t0)
+        seconds = time.perf_counter() - start
+    ms = sorted(1000 * x for x in lat)
+    return {
+        "requests": len(gen),
+        "seconds": seconds,
+        "requests_per_s": len(gen) / seconds,
+        "p50_ms": statistics.median(ms),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "latencies_ms": ms,
+    }
+
+
+FREE_WAYS = ("direct generation", "direct generation + P(True)", "proxy free-form")
+
+
+def _freeform(n: int) -> None:
+    """Free-form latency at one client on the model (see the module docstring)."""
+    from llmcal.confidence import one_answer, ptrue
+    from llmcal.models.generate import open_prompt
+    from llmcal.models.http import HTTPScorer
+    from llmcal.tasks import synthetic_open_task
+
+    task = synthetic_open_task(n=n, seed=0)
+    gguf = resolve_bundled("smollm2-135m-instruct")
+    assert gguf is not None
+    tmp = Path(tempfile.mkdtemp())
+    cal = TemperatureScaling.from_dict(
+        {"format": "llmcal-calibrator", "format_version": 1, "kind": "temperature", "config": {},
+         "params": {"temperature": TEMPERATURE}, "fit": {"model": "smollm2", "view": "answer"}}
+    )  # fmt: skip
+    cal.save(tmp / "ptrue.json")
+    server = LlamaServer(gguf, tmp / "server.log")
+    server.start()
+    port = free_port()
+    proxy = subprocess.Popen(
+        [sys.executable, "-m", "llmcal.cli", "serve", "--upstream", server.url,
+         "--freeform-calibrator", str(tmp / "ptrue.json"), "--model", "smollm2",
+         "--port", str(port), "--timeout", "300", "--retries", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    gen = [
+        {"model": "smollm2", "prompt": open_prompt(q), "max_tokens": 24, "temperature": 0.0}
+        for q in task
+    ]
+    free = [{"model": "smollm2", "llmcal": {"id": q.id, "question": q.question}} for q in task]
+    runs: list[dict[str, Any]] = []
+    try:
+        _wait(f"http://127.0.0.1:{port}/health")
+        scorer = HTTPScorer(server.url, "smollm2", progress=False)
+        direct = asyncio.run(_load(server.url + "/completions", gen, 1))
+        texts = [b["choices"][0]["text"].strip().split("\n")[0].strip() for b in direct["bodies"]]
+        runs.append({"way": FREE_WAYS[0], **direct})
+        # generation, then the P(True) request for its answer, one after the other (the
+        # order the proxy's upstream calls come in, so llama.cpp's prompt cache sees the same)
+        both = asyncio.run(_pairs(server.url + "/completions", gen, scorer, task))
+        runs.append({"way": FREE_WAYS[1], **both})
+        via = asyncio.run(_load(f"http://127.0.0.1:{port}/v1/completions", free, 1))
+        ok = True
+        for q, body in zip(task, via["bodies"], strict=True):
+            out = body["llmcal"]
+            ref = ptrue(scorer, one_answer(q.id, q.question, out["answer"])).confidences()[0]
+            ok &= abs(out["raw_confidence"] - float(ref)) <= 1e-9
+        runs.append({"way": FREE_WAYS[2], **via, "ptrue_matches_library": bool(ok)})
+        same = [b["llmcal"]["answer"] for b in via["bodies"]] == texts
+    finally:
+        proxy.terminate()
+        proxy.wait(20)
+        server.stop()
+    for r in runs:
+        r.pop("bodies", None)
+        print({k: v for k, v in r.items() if k != "latencies_ms"}, flush=True)
+    rows = [
+        [r["way"], r["requests"], f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
+         f"{r['requests_per_s']:.2f}",
+         {True: "yes", False: "NO"}.get(r.get("ptrue_matches_library"), "–")]  # type: ignore[call-overload]
+        for r in runs
+    ]  # fmt: skip
+    table = md_table(
+        ["way (1 client)", "requests", "p50 ms", "p99 ms", "requests/s", "P(True) = library"],
+        rows,
+    )
+    md = f"""# Serving free-form answers: `llmcal serve` with P(True) (loopback, one client)
+
+{n} `synthetic-open` questions (seed 0) on `python -m llama_cpp.server --logits_all true`
+({N_THREADS} thread) with the bundled SmolLM2-135M-Instruct; proxy `llmcal serve
+--freeform-calibrator` (temperature τ = {TEMPERATURE} on P(True)) as a subprocess. A free-form
+request costs the proxy two upstream calls: the generation and the P(True) follow-up. "direct
+generation + P(True)" is the same two calls made by the client itself, one after the other.
+Proxy answers = direct answers: {"yes" if same else "NO"}. "P(True) = library": every raw
+P(True) the proxy returned equals `llmcal.confidence.ptrue` on the same answer (|Δ| ≤ 1e-9).
+Both two-call ways alternate a generation prompt and a P(True) prompt, so llama.cpp's prompt
+cache cannot reuse the previous request's prefix (direct generations one after another can):
+that, not the proxy, is why the pair costs more than four generations. The proxy's own cost is
+the difference of the last two rows. **Measured once on a shared 2-core machine** (the
+fine-tuning study ran beside it): model timings vary between requests.
+
+{table}
+"""
+    write_results(
+        "serving_freeform",
+        {"n_questions": n, "server_threads": N_THREADS, "temperature": TEMPERATURE,
+         "answers_equal_direct": same, "runs": runs},
+        md,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

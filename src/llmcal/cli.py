@@ -752,13 +752,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from llmcal.calibrate import load_calibrator
     from llmcal.serve import Proxy, load_selective, serve
 
-    cal = load_calibrator(args.calibrator)
+    if args.calibrator is None and args.freeform_calibrator is None:
+        raise ConfigError(
+            "llmcal serve needs --calibrator FILE (multiple choice), --freeform-calibrator FILE "
+            "(free-form answers, fitted on P(True) Scores), or both"
+        )
+    if args.selective and args.calibrator is None:
+        raise ConfigError(
+            "--selective applies to --calibrator; for free-form answers use --freeform-selective"
+        )
+    if args.freeform_selective and args.freeform_calibrator is None:
+        raise ConfigError("--freeform-selective needs --freeform-calibrator")
+    cal = load_calibrator(args.calibrator) if args.calibrator else None
     rule = load_selective(args.selective) if args.selective else None
+    free = load_calibrator(args.freeform_calibrator) if args.freeform_calibrator else None
+    free_rule = load_selective(args.freeform_selective) if args.freeform_selective else None
     proxy = Proxy(
         args.upstream,
         cal,
         calibrator_file=args.calibrator,
         selective=rule,
+        freeform_calibrator=free,
+        freeform_calibrator_file=args.freeform_calibrator,
+        freeform_selective=free_rule,
         model=args.model,
         template=args.template,
         timeout=args.timeout,
@@ -766,16 +782,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         max_connections=args.max_connections,
     )
-    sel = ""
-    if rule is not None:
-        sel = (
-            ", answering nothing (the selective rule met no threshold)"
-            if rule.threshold is None
-            else f", abstain below {rule.threshold:g}"
+
+    def rule_text(r: Any) -> str:
+        if r is None:
+            return ""
+        if r.threshold is None:
+            return ", answering nothing (the selective rule met no threshold)"
+        return f", abstain below {r.threshold:g}"
+
+    parts = []
+    if cal is not None:
+        parts.append(
+            f"multiple choice: {cal.kind} calibrator from {args.calibrator}{rule_text(rule)}, "
+            f"template {proxy.template.name}"
+        )
+    if free is not None:
+        parts.append(
+            f"free-form: P(True), {free.kind} calibrator from {args.freeform_calibrator}"
+            f"{rule_text(free_rule)}"
         )
     _print(
-        f"llmcal serve: {cal.kind} calibrator from {args.calibrator}{sel}, template "
-        f"{proxy.template.name}; upstream {', '.join(proxy.scorer.public_endpoints)}; "
+        f"llmcal serve: {'; '.join(parts)}; upstream {', '.join(proxy.scorer.public_endpoints)}; "
         f"listening on http://{args.host}:{args.port}/v1"
     )
     serve(proxy, host=args.host, port=args.port)
@@ -1958,7 +1985,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Passes requests through to --upstream; a /v1/completions or "
         '/v1/chat/completions body with an "llmcal" field {"question", "choices", '
         '"template"?, "context"?} gets an "llmcal" object: raw and calibrated option '
-        "probabilities, the answer, the calibrated confidence and whether to abstain.",
+        "probabilities, the answer, the calibrated confidence and whether to abstain. "
+        'Without "choices" ({"question", "answer"?}) the answer is free-form: the '
+        "upstream's reply (or the given answer) gets a calibrated P(True) from a follow-up "
+        "request (needs --freeform-calibrator).",
     )
     g = add_group(p, "upstream")
     g.add_argument(
@@ -1985,15 +2015,28 @@ def build_parser() -> argparse.ArgumentParser:
     g = add_group(p, "calibration")
     g.add_argument(
         "--calibrator",
-        required=True,
+        default=None,
         metavar="FILE",
-        help="calibrator file (.json) from llmcal fit",
+        help="calibrator (.json from llmcal fit) for multiple-choice requests",
     )
     g.add_argument(
         "--selective",
         default=None,
         metavar="FILE",
         help="selective rule (.json from llmcal fit selective): abstain below its threshold",
+    )
+    g.add_argument(
+        "--freeform-calibrator",
+        default=None,
+        metavar="FILE",
+        help="calibrator fitted on P(True) Scores (llmcal confidence --method ptrue, then "
+        "llmcal fit) for free-form requests",
+    )
+    g.add_argument(
+        "--freeform-selective",
+        default=None,
+        metavar="FILE",
+        help="selective rule for free-form answers (fit selective on P(True) Scores)",
     )
     g.add_argument(
         "--template", default=None, help="default template (default: the calibrator's, or daca1)"

@@ -95,6 +95,22 @@ def _from_logprob(answers: Answers, logp: npt.ArrayLike, meta: dict[str, Any]) -
 
 
 # -- methods ----------------------------------------------------------------------------------
+def one_answer(qid: str, question: str, text: str, meta: dict[str, Any] | None = None) -> Answers:
+    """An unjudged one-row Answers (what serving and :class:`CalibratedModel` judge)."""
+    return Answers(
+        ids=(qid,),
+        questions=(question,),
+        references=((),),
+        prompts=("",),
+        texts=(text,),
+        token_ids=((),),
+        token_logprobs=((),),
+        stop_reasons=("stop",),
+        correct=np.full(1, -1, dtype=np.int64),
+        meta=dict(meta or {}),
+    )
+
+
 def ptrue_task(answers: Answers) -> Task:
     """The 2-option questions (A: True, B: False) that P(True) scores, one per answer."""
     qs = [
@@ -111,6 +127,11 @@ def ptrue_task(answers: Answers) -> Task:
 def ptrue(scorer: Any, answers: Answers) -> Scores:
     """P(True) of each answer as judged by ``scorer`` (any Scorer: HF, HTTP, checkpointed)."""
     scored = scorer.score(ptrue_task(answers), mode="letter", template=PTRUE_TEMPLATE)
+    return ptrue_scores(answers, scored)
+
+
+def ptrue_scores(answers: Answers, scored: Scores) -> Scores:
+    """Answer-view Scores from the letter scoring of :func:`ptrue_task` (columns A=True, B=False)."""
     z = scored.logits
     meta = {k: v for k, v in scored.meta.items() if k not in ("task", "created", "llmcal_version")}
     meta["confidence"] = {

@@ -182,7 +182,7 @@ def test_bad_client_requests_are_422_with_a_clear_message(
 ) -> None:
     q = task[0]
     cases = [
-        ({"question": q.question}, "choices"),
+        ({"question": q.question}, "--freeform-calibrator"),  # free-form: no calibrator here
         ({"question": q.question, "choices": ["only one"]}, "at least 2"),
         ({"question": q.question, "choices": [f"o{i}" for i in range(27)]}, "at most 26"),
         ({"question": q.question, "choices": ["a", "b"], "template": "nope"}, "unknown template"),

@@ -15,8 +15,15 @@ from cli_helpers import assert_user_error, run
 from llmcal.calibrate import TemperatureScaling, load_calibrator
 from llmcal.errors import ConfigError
 from llmcal.scores import Scores
-from llmcal.serve import CalibratedModel, SelectiveRule, answers_from_scores, load_selective
-from llmcal.serve.app import RequestError, parse_spec, scrub
+from llmcal.serve import (
+    CalibratedModel,
+    SelectiveRule,
+    answers_from_scores,
+    free_answers_from_scores,
+    load_selective,
+)
+from llmcal.serve.app import RequestError, is_free_form, parse_free_spec, parse_spec, scrub
+from llmcal.serve.core import fitted_view
 from llmcal.tasks import get_template, synthetic_task
 
 TAU = 2.0
@@ -188,3 +195,94 @@ def test_selective_artefacts_from_llmcal_fit_selective_drive_the_rule(tmp_path: 
     none.save(tmp_path / "none.json")
     nothing = load_selective(tmp_path / "none.json")
     assert nothing.threshold is None and nothing.abstains(1.0)  # a rule that answers nothing
+
+
+def answer_view_temperature(tau: float = TAU) -> TemperatureScaling:
+    d = temperature(tau).to_dict()
+    d["fit"] = {"n": 3, "n_used": 3, "model": "m", "view": "answer"}
+    return TemperatureScaling.from_dict(d)
+
+
+def test_free_answers_are_scaled_p_true_with_abstention() -> None:
+    lf, lt = np.array([0.0, -1.0, 2.0]), np.array([1.5, 0.5, -2.0])
+    raw = Scores(
+        ids=np.array(["a", "b", "c"], dtype=object),
+        logits=np.stack([lf, lt], axis=1),
+        labels=[-1, -1, -1],
+        meta={"view": "answer"},
+    )
+    out = free_answers_from_scores(
+        raw, ["x", "y", ""], answer_view_temperature(), SelectiveRule(0.6)
+    )
+    want = 1.0 / (1.0 + np.exp(-(lt - lf) / TAU))
+    np.testing.assert_allclose([a.confidence for a in out], want, rtol=0, atol=1e-15)
+    np.testing.assert_allclose([a.raw_confidence for a in out], 1 / (1 + np.exp(lf - lt)))
+    assert [a.abstain for a in out] == [bool(w < 0.6) for w in want]
+    assert out[2].answer == "" and out[0].to_dict()["kind"] == "free-form"
+
+
+def test_parse_free_spec_and_the_view_of_a_calibrator() -> None:
+    assert is_free_form({"question": "q"}) and not is_free_form({"question": "q", "choices": []})
+    assert parse_free_spec({"question": "Capital?", "answer": "Paris", "id": "7"}) == (
+        "7",
+        "Capital?",
+        None,
+        "Paris",
+    )
+    with pytest.raises(RequestError, match="multiple-choice requests"):
+        parse_free_spec({"question": "q", "template": "daca1"})
+    assert fitted_view(answer_view_temperature()) == "answer"
+    assert fitted_view(temperature()) is None  # an older artefact: no view recorded, allowed
+    fitted = TemperatureScaling().fit(
+        Scores(
+            ids=np.array(["a", "b", "c"], dtype=object),
+            logits=[[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]],
+            labels=[1, 0, 0],
+        )
+    )
+    assert fitted_view(fitted) == "options"  # every fit now records its view
+    with pytest.raises(ConfigError, match="ask_open"):
+        CalibratedModel(_Echo(), answer_view_temperature()).ask("q", ["a", "b"])
+    with pytest.raises(ConfigError, match="multiple-choice Scores"):
+        CalibratedModel(_Echo(), fitted).ask_open("q", "a")
+
+
+class _Echo:
+    name = "echo"
+
+    def score(self, task, *, mode, template):  # type: ignore[no-untyped-def]
+        z = np.zeros((len(task), 2))
+        return Scores(ids=np.array(task.ids, dtype=object), logits=z, labels=[-1] * len(task))
+
+
+@pytest.mark.model
+def test_ask_open_in_process_equals_generate_confidence_apply(
+    smol: object, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from llmcal.tasks import save_open_jsonl, synthetic_open_task
+
+    task = synthetic_open_task(n=3, seed=4)
+    data = save_open_jsonl(task, tmp_path / "open.jsonl")
+    ans, raw, out = tmp_path / "a.parquet", tmp_path / "p.parquet", tmp_path / "c.parquet"
+    model = ["--model", "smollm2-135m-instruct"]
+    code, _, err = run(capsys, "generate", *model, "--task", str(data), "--out", str(ans))
+    assert code == 0, err
+    code, _, err = run(
+        capsys, "confidence", str(ans), "--method", "ptrue", *model, "--out", str(raw)
+    )
+    assert code == 0, err
+    cal = answer_view_temperature(1.3).save(tmp_path / "ptrue-cal.json")
+    code, _, err = run(capsys, "apply", str(cal), str(raw), "--out", str(out))
+    assert code == 0, err
+    from llmcal.answers import Answers
+
+    answers, applied = Answers.load(ans), Scores.load(out)
+    row = {qid: j for j, qid in enumerate(answers.ids)}
+    cm = CalibratedModel(smol, cal, selective=0.5)
+    for q in task:
+        got = cm.ask_open(q.question)  # generated in-process, then judged
+        i = row[q.id]
+        assert got.answer == answers.texts[i]
+        # one question alone vs a left-padded batch of three: float32 rounding only
+        assert got.confidence == pytest.approx(applied.confidences()[i], abs=1e-5)
+        assert got.abstain is (got.confidence < 0.5)

@@ -61,8 +61,8 @@ def warn(message: str) -> None:
 
 
 def provenance(scores: Scores) -> dict[str, Any]:
-    """The provenance entries of a Scores' meta (missing ones are None)."""
-    return {k: scores.meta.get(k) for k in _PROVENANCE}
+    """The provenance entries of a Scores' meta (missing ones are None) and its view."""
+    return {**{k: scores.meta.get(k) for k in _PROVENANCE}, "view": scores.view}
 
 
 def require_labelled_rows(scores: Scores, who: str) -> None:

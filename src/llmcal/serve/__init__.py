@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Any
 from llmcal.serve.core import (
     Answer,
     CalibratedModel,
+    FreeAnswer,
     SelectiveRule,
     answers_from_scores,
     calibrator_info,
+    free_answers_from_scores,
     load_selective,
 )
 
@@ -34,12 +36,14 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Answer",
     "CalibratedModel",
+    "FreeAnswer",
     "Proxy",
     "SelectiveRule",
     "ServerThread",
     "answers_from_scores",
     "calibrator_info",
     "create_app",
+    "free_answers_from_scores",
     "load_selective",
     "serve",
 ]

@@ -11,6 +11,12 @@ with one shared :class:`httpx.AsyncClient`.
   upstream response with an ``llmcal`` object added. If the body carries its own ``prompt`` /
   ``messages``, that request is forwarded too (concurrently) and its response is the one
   returned; otherwise the scoring response (one token, with log-probs) is.
+* The same endpoints with an ``llmcal`` field *without* ``choices`` (``{"question": str,
+  "answer": str?, "context": str?, "id": str?}``) ask for a free-form answer's confidence: the
+  answer is the client's ``answer``, or the upstream's reply to the client's own ``prompt`` /
+  ``messages``, or the reply to the ``llmcal generate`` prompt of the question; a follow-up
+  P(True) request (:mod:`llmcal.confidence`) scores it and the free-form calibrator
+  (``--freeform-calibrator``, fitted on P(True) Scores) and its selective rule decide.
 * Every other request under ``/v1`` (including ``GET /v1/models`` and streamed generations) is
   passed through unchanged. ``GET /health`` reports the proxy and checks the upstream.
 
@@ -36,14 +42,17 @@ from typing import Any
 
 from llmcal._version import __version__
 from llmcal.calibrate.base import Calibrator
-from llmcal.errors import EndpointError, LLMCalError, ModelError
+from llmcal.errors import ConfigError, EndpointError, LLMCalError, ModelError
 from llmcal.models.base import build_scores
 from llmcal.models.http import RETRY_STATUSES, HTTPScorer, public_url
 from llmcal.serve.core import (
+    NO_REFERENCE,
     SelectiveRule,
     answers_from_scores,
     calibrator_info,
+    check_view,
     default_template,
+    free_answers_from_scores,
 )
 from llmcal.tasks.templates import Template, get_template
 from llmcal.tasks.types import LETTERS, Question, Task
@@ -58,6 +67,9 @@ _DROPPED = frozenset(
 )
 _BEARER = re.compile(r"(?i)(bearer\s+)\S+")
 _SPEC_KEYS = frozenset({"question", "choices", "context", "template", "id"})
+_FREE_KEYS = frozenset({"question", "answer", "context", "id"})
+#: Generation defaults when the proxy writes the free-form prompt itself (as ``llmcal generate``).
+FREE_DEFAULTS = {"max_tokens": 24, "temperature": 0.0}
 
 
 class RequestError(Exception):
@@ -78,18 +90,53 @@ def scrub(text: str, secrets: Sequence[str] = ()) -> str:
     return _BEARER.sub(r"\1***", text)
 
 
-def parse_spec(spec: Any, default: Template) -> tuple[Question, Template]:
-    """The Question and Template of an ``llmcal`` request field (422 on anything malformed)."""
-    if not isinstance(spec, Mapping):
-        raise RequestError(422, '"llmcal" must be an object {"question": ..., "choices": [...]}')
-    unknown = sorted(set(spec) - _SPEC_KEYS)
+def is_free_form(spec: Any) -> bool:
+    """An ``llmcal`` field without ``choices`` asks for a free-form answer's confidence."""
+    return isinstance(spec, Mapping) and "choices" not in spec
+
+
+def _common_fields(spec: Mapping[str, Any], known: frozenset[str]) -> tuple[str, str, str | None]:
+    """(id, question, context) of an ``llmcal`` field, checked (422 on anything malformed)."""
+    unknown = sorted(set(spec) - known)
     if unknown:
+        hint = (
+            '; "template" and "choices" are for multiple-choice requests'
+            if known is _FREE_KEYS and "template" in unknown
+            else ""
+        )
         raise RequestError(
-            422, f'"llmcal" has unknown field(s) {unknown}; known: {sorted(_SPEC_KEYS)}'
+            422, f'"llmcal" has unknown field(s) {unknown}; known: {sorted(known)}{hint}'
         )
     question = spec.get("question")
     if not isinstance(question, str) or not question.strip():
         raise RequestError(422, '"llmcal.question" is missing or not a non-empty string')
+    context = spec.get("context")
+    if context is not None and not isinstance(context, str):
+        raise RequestError(422, '"llmcal.context" must be a string')
+    qid = spec.get("id", "request")
+    if not isinstance(qid, str) or not qid:
+        raise RequestError(422, '"llmcal.id" must be a non-empty string')
+    return qid, question, context
+
+
+def parse_free_spec(spec: Mapping[str, Any]) -> tuple[str, str, str | None, str | None]:
+    """(id, question, context, answer or None) of a free-form ``llmcal`` field."""
+    qid, question, context = _common_fields(spec, _FREE_KEYS)
+    answer = spec.get("answer")
+    if answer is not None and not isinstance(answer, str):
+        raise RequestError(422, '"llmcal.answer" must be a string (the answer to judge)')
+    return qid, question, context, answer
+
+
+def parse_spec(spec: Any, default: Template) -> tuple[Question, Template]:
+    """The Question and Template of an ``llmcal`` request field (422 on anything malformed)."""
+    if not isinstance(spec, Mapping):
+        raise RequestError(
+            422,
+            '"llmcal" must be an object {"question": ..., "choices": [...]} (multiple choice) '
+            'or {"question": ...} (free-form)',
+        )
+    qid, question, context = _common_fields(spec, _SPEC_KEYS)
     choices = spec.get("choices")
     if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
         raise RequestError(422, '"llmcal.choices" is missing or not a list of strings')
@@ -99,12 +146,6 @@ def parse_spec(spec: Any, default: Template) -> tuple[Question, Template]:
         raise RequestError(
             422, f'"llmcal.choices" has {len(choices)} options; at most {len(LETTERS)} (A-Z)'
         )
-    context = spec.get("context")
-    if context is not None and not isinstance(context, str):
-        raise RequestError(422, '"llmcal.context" must be a string')
-    qid = spec.get("id", "request")
-    if not isinstance(qid, str) or not qid:
-        raise RequestError(422, '"llmcal.id" must be a non-empty string')
     name = spec.get("template")
     if name is None:
         tmpl = default
@@ -142,10 +183,13 @@ class Proxy:
     def __init__(
         self,
         upstream: str | Sequence[str],
-        calibrator: Calibrator,
+        calibrator: Calibrator | None,
         *,
         calibrator_file: str | os.PathLike[str] | None = None,
         selective: SelectiveRule | None = None,
+        freeform_calibrator: Calibrator | None = None,
+        freeform_calibrator_file: str | os.PathLike[str] | None = None,
+        freeform_selective: SelectiveRule | None = None,
         model: str | None = None,
         template: str | Template | None = None,
         timeout: float = 30.0,
@@ -166,10 +210,27 @@ class Proxy:
             top_k=top_k,
             progress=False,
         )
+        if calibrator is None and freeform_calibrator is None:
+            raise ConfigError(
+                "llmcal serve needs --calibrator (multiple choice) or --freeform-calibrator "
+                "(free-form answers, P(True)), or both"
+            )
+        if calibrator is not None:
+            check_view(calibrator, "options", f"--calibrator {calibrator_file or ''}".rstrip())
+        if freeform_calibrator is not None:
+            what = f"--freeform-calibrator {freeform_calibrator_file or ''}".rstrip()
+            check_view(freeform_calibrator, "answer", what)
         self.calibrator = calibrator
         self.selective = selective
+        self.freeform = freeform_calibrator
+        self.freeform_selective = freeform_selective
         self.template = default_template(calibrator, template)
-        self.info = calibrator_info(calibrator, calibrator_file)
+        self.info = None if calibrator is None else calibrator_info(calibrator, calibrator_file)
+        self.freeform_info = (
+            None
+            if freeform_calibrator is None
+            else calibrator_info(freeform_calibrator, freeform_calibrator_file)
+        )
         self.max_body = int(max_body)
         self.client: Any = None
         self._probe_lock: asyncio.Lock | None = None
@@ -345,6 +406,15 @@ class Proxy:
             "calibrator": self.info,
             "selective": None if self.selective is None else self.selective.describe(),
             "template": self.template.name,
+            "freeform": None
+            if self.freeform_info is None
+            else {
+                "calibrator": self.freeform_info,
+                "selective": None
+                if self.freeform_selective is None
+                else self.freeform_selective.describe(),
+                "confidence": "ptrue",
+            },
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 
@@ -372,6 +442,14 @@ class Proxy:
 
         start = time.perf_counter()
         spec = body.pop("llmcal")
+        if is_free_form(spec):
+            return await self._free_form(request, body, spec, start)
+        if self.calibrator is None:
+            raise RequestError(
+                422,
+                "this proxy calibrates free-form answers only (no --calibrator for multiple "
+                'choice); send "llmcal": {"question": ...} without "choices"',
+            )
         q, tmpl = parse_spec(spec, self.template)
         if body.get("stream"):
             raise RequestError(422, '"stream": true cannot be combined with "llmcal"')
@@ -414,10 +492,111 @@ class Proxy:
         out["template"] = tmpl.name
         out["topk_missing"] = [] if missing is None else missing["missing"]
         out["selective"] = None if self.selective is None else self.selective.describe()
+        return self._respond(upstream, out, start)
+
+    @staticmethod
+    def _respond(upstream: Any, out: dict[str, Any], start: float) -> Any:
+        from starlette.responses import JSONResponse
+
         out["seconds"] = round(time.perf_counter() - start, 6)
         if not isinstance(upstream, dict):
             upstream = {"upstream": upstream}
         return JSONResponse({**upstream, "llmcal": out})
+
+    async def _free_form(
+        self, request: Any, body: dict[str, Any], spec: Mapping[str, Any], start: float
+    ) -> Any:
+        """A free-form answer (the upstream's, or the client's) with calibrated P(True).
+
+        Without ``llmcal.answer`` the generation request is forwarded first: the client's own
+        ``prompt`` / ``messages`` (the whole reply text is judged), or else the ``llmcal
+        generate`` prompt of the question (greedy, 24 tokens, cut at the first newline, unless
+        the body says otherwise). Then the follow-up P(True) request scores "is this answer
+        true?" exactly as ``llmcal confidence --method ptrue`` does.
+        """
+        from starlette.responses import JSONResponse
+
+        from llmcal.confidence import PTRUE_TEMPLATE, one_answer, ptrue_scores, ptrue_task
+        from llmcal.models.generate import (
+            GenerationConfig,
+            _http_generation,
+            open_messages,
+            open_prompt,
+        )
+        from llmcal.tasks.openended import OpenQuestion
+
+        if self.freeform is None:
+            raise RequestError(
+                422,
+                'this proxy has no calibrator for free-form answers ("llmcal" without '
+                '"choices"); start it with --freeform-calibrator FILE (fitted on P(True) Scores)',
+            )
+        qid, question, context, given = parse_free_spec(spec)
+        if body.get("stream"):
+            raise RequestError(422, '"stream": true cannot be combined with "llmcal"')
+        chat_path = request.url.path.endswith("/chat/completions")
+        own = "messages" in body if chat_path else "prompt" in body
+        if given is not None and own:
+            raise RequestError(
+                422,
+                '"llmcal.answer" judges an answer you already have; leave out the '
+                f'"{"messages" if chat_path else "prompt"}" (or "llmcal.answer") so that only '
+                "one answer is judged",
+            )
+        headers = self._headers(request)
+        caps = await self._capabilities(headers)
+        try:
+            self.scorer.check_capabilities("letter", False)
+        except LLMCalError as exc:
+            raise RequestError(502, str(exc), "upstream_error") from None
+        upstream: Any = None
+        if given is None:
+            if not own:
+                oq = OpenQuestion(qid, question, NO_REFERENCE, context=context)
+                if chat_path:
+                    body["messages"] = open_messages(oq)
+                else:
+                    body["prompt"] = open_prompt(oq)
+                body = {**FREE_DEFAULTS, "model": self.scorer.model, **body}
+            sub = "/chat/completions" if chat_path else "/completions"
+            status, upstream = await self._send_json(sub, body, headers)
+            if status != 200:
+                return JSONResponse(upstream, status_code=status)
+            config = GenerationConfig(stop_at_newline=not own)
+            text = _http_generation(upstream, chat_path, qid, config).text
+            source = "client prompt" if own else "llmcal prompt"
+        else:
+            text, source = given, "client"
+        answers = one_answer(qid, question, text)
+        task = ptrue_task(answers)
+        pq = task.questions[0]
+        path, payload = self.scorer.letter_request(PTRUE_TEMPLATE, pq)
+        if isinstance(body.get("model"), str):
+            payload["model"] = body["model"]
+        idx = next(self._counter)
+        top, scoring = await self.scorer.letter_top(
+            self.client, PTRUE_TEMPLATE, pq, idx, (path, payload), headers
+        )
+        try:
+            rows, extra = self.scorer.letter_rows(task, [top], PTRUE_TEMPLATE, payload)
+        except ModelError as exc:
+            raise RequestError(502, str(exc), "upstream_error") from None
+        meta = self.scorer.scores_meta("letter", PTRUE_TEMPLATE, (), caps, extra)
+        raw = ptrue_scores(answers, build_scores(task, rows, meta))
+        try:
+            answer = free_answers_from_scores(
+                raw, [text], self.freeform, self.freeform_selective, self.freeform_info
+            )[0]
+        except LLMCalError as exc:
+            raise RequestError(422, f"the calibrator cannot take this answer: {exc}") from None
+        out = answer.to_dict()
+        missing = extra["topk"]["truncated"].get(pq.id)
+        out["answer_source"] = source
+        out["topk_missing"] = [] if missing is None else missing["missing"]
+        out["selective"] = (
+            None if self.freeform_selective is None else self.freeform_selective.describe()
+        )
+        return self._respond(upstream if upstream is not None else scoring, out, start)
 
     async def passthrough(self, request: Any, raw: bytes | None = None) -> Any:
         """Forward a request to the same path under the upstream ``/v1`` (streams stay streams)."""

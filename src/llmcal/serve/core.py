@@ -24,6 +24,9 @@ from llmcal.scores import Scores
 from llmcal.tasks.templates import DEFAULT_TEMPLATE, Template, get_template
 from llmcal.tasks.types import LETTERS, Question, Task
 
+#: The reference of a question asked at serving time (unknown; generation never reads it).
+NO_REFERENCE = ("(no reference)",)
+
 #: Fit-record keys of a calibrator artefact that are shown as its provenance.
 PROVENANCE_KEYS = ("task", "model", "template", "mode", "backend", "logit_kind", "n", "n_used")
 
@@ -174,13 +177,81 @@ def answers_from_scores(
     return out
 
 
-def default_template(cal: Calibrator, template: str | Template | None) -> Template:
+@dataclass(frozen=True)
+class FreeAnswer:
+    """A free-form answer with its calibrated P(True) confidence (the answer view)."""
+
+    answer: str
+    confidence: float
+    raw_confidence: float
+    abstain: bool
+    threshold: float | None
+    calibrator: dict[str, Any]
+    method: str = "ptrue"
+
+    @property
+    def answered(self) -> bool:
+        """True when the selective rule lets the answer through."""
+        return not self.abstain
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the ``llmcal`` object of a proxy response)."""
+        return {"kind": "free-form", **asdict(self)}
+
+
+def free_answers_from_scores(
+    raw: Scores,
+    texts: Sequence[str],
+    calibrator: Calibrator,
+    selective: SelectiveRule | None = None,
+    info: dict[str, Any] | None = None,
+) -> list[FreeAnswer]:
+    """Calibrate answer-view P(True) Scores (as ``llmcal apply``) and decide each answer."""
+    calibrated = calibrator.transform(raw)
+    p_raw, p_cal = raw.confidences(), calibrated.confidences()
+    who = info if info is not None else calibrator_info(calibrator)
+    return [
+        FreeAnswer(
+            answer=text,
+            confidence=float(p_cal[i]),
+            raw_confidence=float(p_raw[i]),
+            abstain=bool(selective is not None and selective.abstains(float(p_cal[i]))),
+            threshold=None if selective is None else selective.threshold,
+            calibrator=who,
+        )
+        for i, text in enumerate(texts)
+    ]
+
+
+def fitted_view(cal: Calibrator) -> str | None:
+    """The Scores view a calibrator was fitted on (``options`` / ``answer``), where recorded."""
+    view = (cal.fit_info_ or {}).get("view")
+    return view if view in ("options", "answer") else None
+
+
+def check_view(cal: Calibrator, want: str, what: str) -> None:
+    """Refuse a calibrator fitted on the other Scores view than the answers it will calibrate."""
+    view = fitted_view(cal)
+    if view is None or view == want:
+        return
+    if want == "answer":
+        raise ConfigError(
+            f"{what} was fitted on multiple-choice option Scores, but free-form answers need "
+            "one fitted on P(True) Scores (llmcal confidence --method ptrue, then llmcal fit)"
+        )
+    raise ConfigError(
+        f"{what} was fitted on P(True) Scores of free-form answers; it calibrates free-form "
+        "answers, not multiple-choice options (for llmcal serve: --freeform-calibrator)"
+    )
+
+
+def default_template(cal: Calibrator | None, template: str | Template | None) -> Template:
     """``template`` if given, else the zero-shot template the calibrator was fitted with, else daca1."""
     if isinstance(template, Template):
         return template
     if template is not None:
         return get_template(template)
-    fitted = (cal.fit_info_ or {}).get("template")
+    fitted = None if cal is None else (cal.fit_info_ or {}).get("template")
     if isinstance(fitted, str):
         try:
             tmpl = get_template(fitted)
@@ -239,6 +310,63 @@ class CalibratedModel:
         """Answer several Questions in one scoring call (batched by the scorer)."""
         if not questions:
             return []
+        self._needs("options", "ask")
         task = Task("calibrated-model", list(questions))
         raw = self.model.score(task, mode="letter", template=self.template)
         return answers_from_scores(raw, self.calibrator, self.selective, self.info)
+
+    def ask_open(
+        self,
+        question: str,
+        answer: str | None = None,
+        *,
+        context: str | None = None,
+        max_new_tokens: int = 24,
+    ) -> FreeAnswer:
+        """A free-form answer with calibrated P(True) confidence.
+
+        ``answer`` is judged as given; without it the model answers greedily first (in-process
+        models only), with the prompt of ``llmcal generate`` (template ``qa``). The calibrator
+        must be fitted on P(True) Scores; the numbers equal ``llmcal generate`` →
+        ``llmcal confidence --method ptrue`` → ``llmcal apply`` on the same answer.
+        """
+        from llmcal.confidence import one_answer, ptrue
+
+        self._needs("answer", "ask_open")
+        if not isinstance(question, str) or not question.strip():
+            raise ConfigError("ask_open: question must be a non-empty string")
+        if answer is None:
+            answer = self._generate(question, context, max_new_tokens)
+        elif not isinstance(answer, str):
+            raise ConfigError(f"ask_open: answer must be a string, got {type(answer).__name__}")
+        raw = ptrue(self.model, one_answer("q0", question, answer))
+        return free_answers_from_scores(raw, [answer], self.calibrator, self.selective, self.info)[
+            0
+        ]
+
+    def _generate(self, question: str, context: str | None, max_new_tokens: int) -> str:
+        from llmcal.models.generate import GenerationConfig, HFGenerator
+        from llmcal.models.hf import HFScorer
+        from llmcal.tasks.openended import OpenQuestion
+
+        if not isinstance(self.model, HFScorer):
+            raise ConfigError(
+                "ask_open without an answer generates it in-process and needs an HFScorer; "
+                "with a served model, pass the answer it gave: ask_open(question, answer)"
+            )
+        q = OpenQuestion("q0", question, NO_REFERENCE, context=context)
+        rows, _ = HFGenerator(self.model).generate([q], GenerationConfig(max_new_tokens))
+        return rows[0].text
+
+    def _needs(self, view: str, method: str) -> None:
+        fitted = fitted_view(self.calibrator)
+        if fitted is not None and fitted != view:
+            kinds = {
+                "answer": "P(True) Scores of free-form answers",
+                "options": "multiple-choice Scores",
+            }
+            other = "ask_open" if fitted == "answer" else "ask"
+            raise ConfigError(
+                f"CalibratedModel.{method}: the calibrator was fitted on {kinds[fitted]}; use "
+                f"{other}() with it, or a calibrator fitted on {kinds[view]}"
+            )
