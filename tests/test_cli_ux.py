@@ -472,3 +472,19 @@ def test_interrupted_score_says_what_is_kept_and_the_rerun_resumes(
     assert f"llmcal: resuming 16 of 40 questions from {ckpt}; scoring the other 24" in err
     assert "scored 24 questions" in stdout and "16 resumed from the checkpoint" in stdout
     assert len(Scores.load(out)) == 40
+
+
+def test_eval_of_free_form_confidence_has_no_chance_level(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # answer view: 25 % of the answers right is no "below chance"; inverse P(True) is named as such
+    p = np.array([0.9, 0.8, 0.7, 0.2] * 5)
+    labels = [0, 0, 0, 1] * 5
+    free = Scores.from_confidence(p, labels).save(tmp_path / "free.parquet")
+    code, _, err = run(capsys, "eval", str(free), "--no-ci")
+    assert code == 0
+    assert err.splitlines() == [
+        "llmcal: warning: AUROC 0.000 is below 0.5: confidence ranks wrong answers above right "
+        "ones; this confidence method carries inverse signal here (try another --method), or "
+        "the judgements are inverted"
+    ]

@@ -170,3 +170,41 @@ def one_line_warnings(stream: IO[str] | None = None) -> Iterator[None]:
 def warn(message: str) -> None:
     """Issue an :class:`LLMCalWarning` (shown as ``llmcal: warning: MESSAGE``)."""
     warnings.warn(message, LLMCalWarning, stacklevel=2)
+
+
+def hf_loading(args: argparse.Namespace) -> dict[str, Any]:
+    """HFScorer loading options from the --revision … --load-in flags."""
+    return {
+        "revision": args.revision,
+        "device_map": args.device_map,
+        "attn_implementation": args.attn_implementation,
+        "hub_token_env": args.hub_token_env,
+        "load_in": args.load_in,
+    }
+
+
+def add_hf_loading(p: Any) -> None:
+    """The transformers loading flags of `llmcal score` and `llmcal finetune`."""
+    p.add_argument("--revision", default=None, help="hub branch, tag or commit of --model")
+    p.add_argument(
+        "--device-map",
+        default=None,
+        help="accelerate placement, e.g. auto: spread a model too large for one device",
+    )
+    p.add_argument(
+        "--attn-implementation",
+        default=None,
+        help="attention kernel: eager, sdpa, flash_attention_2, …",
+    )
+    p.add_argument(
+        "--hub-token-env",
+        default=None,
+        metavar="VAR",
+        help="read the hub token from $VAR (default: huggingface_hub reads HF_TOKEN); never logged",
+    )
+    p.add_argument(
+        "--load-in",
+        choices=["8bit", "4bit"],
+        default=None,
+        help="quantise the weights with bitsandbytes (pip install bitsandbytes)",
+    )

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llmcal._cliutil import Parser, add_group
+from llmcal._cliutil import Parser, add_group, add_hf_loading, hf_loading
 from llmcal._io import atomic_write_text, check_writable_dir
 from llmcal._version import __version__
 from llmcal.errors import ConfigError, LLMCalError, ScoresError, one_line, quote
@@ -334,7 +334,7 @@ def _score_backend(args: argparse.Namespace, template: Any) -> Any:
             batch_size=args.batch_size,
             trust_remote_code=args.trust_remote_code,
             progress=False,
-            **_hf_loading(args),
+            **hf_loading(args),
         )
     from llmcal.models.http import HTTPScorer
 
@@ -356,44 +356,6 @@ def _score_backend(args: argparse.Namespace, template: Any) -> Any:
     api = "/v1/completions" if args.mode == "cloze" or not template.chat else "/v1/chat/completions"
     _print(f"mode: {args.mode} via {api} (top-{scorer.effective_top_k} log-probs)")
     return scorer
-
-
-def _hf_loading(args: argparse.Namespace) -> dict[str, Any]:
-    """HFScorer loading options from the --revision … --load-in flags."""
-    return {
-        "revision": args.revision,
-        "device_map": args.device_map,
-        "attn_implementation": args.attn_implementation,
-        "hub_token_env": args.hub_token_env,
-        "load_in": args.load_in,
-    }
-
-
-def _add_hf_loading(p: Any) -> None:
-    """The transformers loading flags of `llmcal score`."""
-    p.add_argument("--revision", default=None, help="hub branch, tag or commit of --model")
-    p.add_argument(
-        "--device-map",
-        default=None,
-        help="accelerate placement, e.g. auto: spread a model too large for one device",
-    )
-    p.add_argument(
-        "--attn-implementation",
-        default=None,
-        help="attention kernel: eager, sdpa, flash_attention_2, …",
-    )
-    p.add_argument(
-        "--hub-token-env",
-        default=None,
-        metavar="VAR",
-        help="read the hub token from $VAR (default: huggingface_hub reads HF_TOKEN); never logged",
-    )
-    p.add_argument(
-        "--load-in",
-        choices=["8bit", "4bit"],
-        default=None,
-        help="quantise the weights with bitsandbytes (pip install bitsandbytes)",
-    )
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -465,19 +427,27 @@ def _warn_eval(scores: Any, result: dict[str, Any]) -> None:
 
     from llmcal._cliutil import warn
 
+    answer_view = scores.view == "answer"
     n_options = np.isfinite(np.asarray(scores.logits, dtype=np.float64)).sum(axis=1)
     chance = float(np.mean(1.0 / np.maximum(n_options, 1)))
     acc = result.get("accuracy")
-    if isinstance(acc, float) and acc < chance:
+    # in the answer view accuracy is the share of right free-form answers: no chance level
+    if isinstance(acc, float) and acc < chance and not answer_view:
         warn(
             f"accuracy {acc:.3f} is below chance ({chance:.3f} for these option counts): check "
             "the template, the answer letters and the label column"
         )
     auroc = result.get("auroc")
     if isinstance(auroc, float) and auroc < 0.5:
+        check = (
+            "this confidence method carries inverse signal here (try another --method), or "
+            "the judgements are inverted"
+            if answer_view
+            else "check the scoring mode and the label column"
+        )
         warn(
             f"AUROC {auroc:.3f} is below 0.5: confidence ranks wrong answers above right ones; "
-            "check the scoring mode and the label column"
+            + check
         )
 
 
@@ -1581,7 +1551,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--trust-remote-code", action="store_true", help="allow custom model code from the hub"
     )
-    _add_hf_loading(add_group(p, "model loading"))
+    add_hf_loading(add_group(p, "model loading"))
     g = add_group(p, "data")
     g.add_argument(
         "--task",
@@ -2129,6 +2099,7 @@ def _add_finetune_parser(sub: Any) -> None:
     g = add_group(p, "model")
     g.add_argument("--model", required=True, help="bundled alias, .gguf file, model dir, hub id")
     g.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    add_hf_loading(add_group(p, "model loading"))
     g = add_group(p, "data")
     g.add_argument("--task", required=True, help="built-in task name, 'synthetic', or a data file")
     g.add_argument("--data-dir", default=None, help="folder of canonical JSONL files")

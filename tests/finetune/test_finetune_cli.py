@@ -116,3 +116,29 @@ def test_finetune_out_and_data_errors(
     with pytest.raises(SystemExit) as exc:
         run(capsys, *_args(tiny_model, data, tmp_path / "o", "--epochs", "1", "--max-steps", "1"))
     assert exc.value.code == 2
+
+
+def test_finetune_takes_the_hf_loading_flags(
+    capsys: pytest.CaptureFixture[str], tiny_model: Path, data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "adapter"
+    flags = [
+        "--max-steps",
+        "1",
+        "--no-eval",
+        "--revision",
+        "main",
+        "--attn-implementation",
+        "eager",
+    ]
+    code, _, err = run(capsys, *_args(tiny_model, data, out, *flags))
+    assert code == 0, err
+    summary = json.loads((out / "llmcal_finetune.json").read_text())
+    assert summary["loading"] == {"revision": "main", "attn_implementation": "eager"}
+    # the flags reach the load: a missing token variable fails before any training
+    bad = tmp_path / "bad"
+    code, _, err = run(
+        capsys, *_args(tiny_model, data, bad, "--max-steps", "1", "--hub-token-env", "LLMCAL_NOPE")
+    )
+    assert_user_error(code, err, "LLMCAL_NOPE is not set")
+    assert not bad.exists()

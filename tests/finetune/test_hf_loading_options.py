@@ -86,6 +86,7 @@ def test_score_cli_passes_the_loading_flags(
          "--attn-implementation", "eager", "--revision", "main", "--out", str(out)]
     )  # fmt: skip
     assert code == 0
+    assert "Loading weights" not in capsys.readouterr().err  # transformers' own bar stays quiet
     meta = Scores.load(out).meta
     assert meta["attn_implementation"] == "eager" and meta["revision"] == "main"
     code = main(

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llmcal._cliutil import resolve_limit
+from llmcal._cliutil import hf_loading, resolve_limit
 from llmcal._io import atomic_write_text, check_writable_dir, loads_json
 from llmcal.errors import ConfigError
 from llmcal.finetune.config import FinetuneConfig, from_preset
@@ -121,14 +121,19 @@ def split_task(task: Task, cal: float, test: float, seed: int) -> dict[str, Task
 
 
 def evaluate_runs(
-    model: str, adapter: Path | None, tasks: dict[str, Task], template: str, device: str
+    model: str,
+    adapter: Path | None,
+    tasks: dict[str, Task],
+    template: str,
+    device: str,
+    loading: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Letter-mode metrics of the model (with the adapter, if any) on each task."""
     from llmcal.finetune.run import evaluation_metrics
     from llmcal.models import HFScorer
     from llmcal.progress import progress
 
-    scorer = HFScorer(model, adapter=adapter, device=device, progress=True)
+    scorer = HFScorer(model, adapter=adapter, device=device, progress=True, **(loading or {}))
     who = f"{model} + adapter" if adapter is not None else model
     rows = {}
     for name, t in tasks.items():
@@ -169,7 +174,17 @@ def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
     if config.gated and cal_fraction <= 0:
         raise ConfigError(f"--method {config.method} needs a calibration split: --cal-fraction > 0")
     parts = split_task(task, cal_fraction, args.test_fraction, config.seed)
+    from llmcal.tasks.templates import get_template
+
+    if get_template(config.template).shots:  # before the model loads
+        raise ConfigError("fine-tuning uses zero-shot templates (e.g. daca1 or chat)")
     rank, size = world()
+    loading = hf_loading(args)
+    if size > 1 and loading["device_map"] is not None:
+        raise ConfigError(
+            "--device-map spreads one model over several devices, but under torchrun / "
+            "accelerate every process holds a whole copy: leave --device-map out"
+        )
     # under torchrun every process runs this; only rank 0 talks, evaluates and writes
     training_args: dict[str, Any] = {}
     if size > 1:
@@ -194,13 +209,15 @@ def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
             + plan,
             flush=True,
         )
-    scorer = None
+    from llmcal.models import HFScorer
+
+    # loaded here (not inside finetune) so that the loading flags apply: revision, attention,
+    # device map, hub token, 8/4-bit (then adapters train on the quantised base, QLoRA-style)
+    scorer = HFScorer(args.model, device=args.device, progress=False, **loading)
     knowledge = None
     if getattr(args, "report_knowledge", False):
         from llmcal.finetune.knowledge import knowledge_labels
-        from llmcal.models import HFScorer
 
-        scorer = HFScorer(args.model, device=args.device, progress=False)
         knowledge = knowledge_labels(
             scorer,
             parts["train"],
@@ -236,8 +253,8 @@ def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
         tests = {"test": test}
         note(f"training done ({result.steps} steps); evaluating on {len(test)} test questions")
         template = result.template or config.template
-        before = evaluate_runs(args.model, None, tests, template, args.device)["test"]
-        after = evaluate_runs(args.model, out, tests, template, args.device)["test"]
+        before = evaluate_runs(args.model, None, tests, template, args.device, loading)["test"]
+        after = evaluate_runs(args.model, out, tests, template, args.device, loading)["test"]
         rows = {f"{args.model} (before)": before, f"+ {config.method} adapter": after}
         print(eval_table(rows), flush=True)
         summary["evaluation"] = extra["evaluation"] = {"before": before, "after": after}

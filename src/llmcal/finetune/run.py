@@ -156,7 +156,12 @@ def finetune(
     cal_ds = ListDataset(encode_task(scorer, cal, fmt, config.max_length)) if cal else None
 
     set_seed(config.seed)
-    peft_model = get_peft_model(scorer.model, _lora_config(config))
+    base = scorer.model
+    if getattr(scorer, "load_in", None) is not None:  # adapters on a quantised base (QLoRA)
+        from peft import prepare_model_for_kbit_training
+
+        base = prepare_model_for_kbit_training(base)
+    peft_model = get_peft_model(base, _lora_config(config))
     ckpt = checkpoint_dir_for(out)
     plain = progress and progress_style() == "plain"  # no terminal: lines, not a tqdm bar
     arg_values: dict[str, Any] = dict(
@@ -229,6 +234,7 @@ def finetune(
         meta = {
             **result.to_dict(),
             "model": model,
+            "loading": dict(getattr(scorer, "loading_options", {})),
             "train_task": train.name,
             "n_train": len(train),
             "n_cal": 0 if cal is None else len(cal),

@@ -21,6 +21,7 @@ exactly what it would alone (up to float rounding).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 from collections.abc import Iterator, Sequence
@@ -193,6 +194,22 @@ class SharedPrefix:
     mask: Any
 
 
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No transformers progress bars ("Loading weights", GGUF de-quantising, shard writing)
+    while llmcal loads a model: llmcal reports its own progress, and in logs those bars are
+    noise."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 class HFScorer:
     """Score tasks with a transformers causal LM (see module docstring)."""
 
@@ -277,10 +294,11 @@ class HFScorer:
             else:
                 kwargs["gguf_file"] = src.gguf_file
         try:
-            tok = AutoTokenizer.from_pretrained(load_dir, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(
-                load_dir, dtype=self.dtype, **kwargs, **model_kwargs
-            )
+            with quiet_transformers():
+                tok = AutoTokenizer.from_pretrained(load_dir, **kwargs)
+                model = AutoModelForCausalLM.from_pretrained(
+                    load_dir, dtype=self.dtype, **kwargs, **model_kwargs
+                )
         except (OSError, ValueError, ImportError, pickle.UnpicklingError) as exc:
             hint = ""
             if _is_pickle_refusal(exc):
@@ -337,12 +355,18 @@ class HFScorer:
 
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from llmcal.progress import note
+
         src = self.source
+        note(
+            f"converting {Path(src.location).name} to transformers weights (once; cached in {target})"
+        )
         try:
-            tok = AutoTokenizer.from_pretrained(src.load_dir, gguf_file=src.gguf_file)
-            model = AutoModelForCausalLM.from_pretrained(
-                src.load_dir, gguf_file=src.gguf_file, dtype="float32"
-            )
+            with quiet_transformers():
+                tok = AutoTokenizer.from_pretrained(src.load_dir, gguf_file=src.gguf_file)
+                model = AutoModelForCausalLM.from_pretrained(
+                    src.load_dir, gguf_file=src.gguf_file, dtype="float32"
+                )
         except (OSError, ValueError, ImportError) as exc:
             raise ModelError(f"could not read GGUF file {src.location}: {exc}") from exc
         # The weights are already dequantised float32; the GGUF "quantizer" left on the model
@@ -353,8 +377,9 @@ class HFScorer:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
-            tok.save_pretrained(tmp)
-            model.save_pretrained(tmp)
+            with quiet_transformers():
+                tok.save_pretrained(tmp)
+                model.save_pretrained(tmp)
             (tmp / _DONE).write_text(src.location + "\n", encoding="utf-8")
             if target.exists():  # a concurrent conversion finished first
                 shutil.rmtree(tmp)
@@ -480,18 +505,20 @@ class HFScorer:
             "dtype": str(self.dtype).removeprefix("torch."),
             "batch_size": self.batch_size,
             "head_dtype": "float32",
-            **{
-                k: v
-                for k, v in (
-                    ("revision", self.revision),
-                    ("device_map", self.device_map),
-                    ("attn_implementation", self.attn_implementation),
-                    ("load_in", self.load_in),
-                )
-                if v is not None
-            },
+            **self.loading_options,
             **extra,
         }
+
+    @property
+    def loading_options(self) -> dict[str, str]:
+        """The loading flags that were set (revision, device map, attention, 8/4-bit); no token."""
+        pairs = (
+            ("revision", self.revision),
+            ("device_map", self.device_map),
+            ("attn_implementation", self.attn_implementation),
+            ("load_in", self.load_in),
+        )
+        return {k: v for k, v in pairs if v is not None}
 
     def _public_location(self) -> str:
         return (

@@ -28,7 +28,17 @@ from llmcal.tasks.types import LETTERS, Question, Task
 NO_REFERENCE = ("(no reference)",)
 
 #: Fit-record keys of a calibrator artefact that are shown as its provenance.
-PROVENANCE_KEYS = ("task", "model", "template", "mode", "backend", "logit_kind", "n", "n_used")
+PROVENANCE_KEYS = (
+    "task",
+    "model",
+    "template",
+    "mode",
+    "view",
+    "backend",
+    "logit_kind",
+    "n",
+    "n_used",
+)
 
 
 @dataclass(frozen=True)
