@@ -63,3 +63,41 @@ def test_torchrun_finetune_equals_one_process(tiny_model: Path, tmp_path: Path) 
             moved = max(moved, float(a[key].abs().max()))
     assert moved > 1e-4  # two steps really trained the adapter
     assert json.loads((two / SUMMARY_FILE).read_text())["steps"] == 2
+
+
+def test_accelerate_launch_finetune_equals_the_plain_run(tiny_model: Path, tmp_path: Path) -> None:
+    """`accelerate launch --cpu -m llmcal finetune …` (the Trainer users' launcher) gives the
+    adapter of a plain run. On CPU accelerate starts several processes only through mpirun
+    (Intel MPI / oneCCL), which this machine lacks; on GPUs `--multi_gpu` goes through
+    torch.distributed.run, the launcher of the torchrun test above (same RANK / WORLD_SIZE)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    assert accelerate is not None, "accelerate (a transformers Trainer dependency) is missing"
+    task = tmp_path / "train.jsonl"
+    task.write_text("".join(json.dumps(q.to_dict()) + "\n" for q in tiny_task(8)))
+    common = ["finetune", "--model", str(tiny_model), "--task", str(task), "--method", "ls",
+              "--max-steps", "2", "--lr", "1e-2", "--device", "cpu", "--no-eval",
+              "--cal-fraction", "0", "--test-fraction", "0", "--batch-size", "4"]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    solo = subprocess.run(
+        [sys.executable, "-m", "llmcal", *common, "--out", str(one)],
+        env=_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert solo.returncode == 0, solo.stderr[-3000:]
+    launch = [accelerate, "launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    via = subprocess.run(
+        [*launch, "-m", "llmcal", *common, "--out", str(two)],
+        env=_env(), capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert via.returncode == 0, via.stderr[-3000:]
+    assert via.stdout.count("wrote ") == 1
+    a = load_file(str(one / "adapter_model.safetensors"))
+    b = load_file(str(two / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and a
+    for key in a:
+        np.testing.assert_allclose(b[key].numpy(), a[key].numpy(), rtol=0, atol=1e-6)
+    assert json.loads((two / SUMMARY_FILE).read_text())["steps"] == 2
