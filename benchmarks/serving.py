@@ -78,14 +78,7 @@ def main() -> None:
     n_max = max(args.n, *args.concurrency)
     task = load_task(args.task, data_dir=DATA_DIR).subset(n_max, seed=0)
     tmpl = get_template("daca1")
-    gguf = resolve_bundled("smollm2-135m-instruct")
-    assert gguf is not None
-    tmp = Path(tempfile.mkdtemp())
-    cal = TemperatureScaling.from_dict(
-        {"format": "llmcal-calibrator", "format_version": 1, "kind": "temperature", "config": {},
-         "params": {"temperature": TEMPERATURE}, "fit": {"model": "smollm2", "template": "daca1"}}
-    )  # fmt: skip
-    cal.save(tmp / "cal.json")
+    gguf, tmp = _setup({"model": "smollm2", "template": "daca1"}, "cal.json")
     (tmp / "sel.json").write_text(
         f'{{"kind": "selective", "params": {{"threshold": {THRESHOLD}}}}}'
     )
@@ -120,6 +113,19 @@ def main() -> None:
          "temperature": TEMPERATURE, "threshold": THRESHOLD, "runs": runs},
         md,
     )  # fmt: skip
+
+
+def _setup(fit: dict[str, Any], name: str) -> tuple[Path, Path]:
+    """The bundled GGUF and a fresh folder holding a τ = TEMPERATURE calibrator as ``name``."""
+    gguf = resolve_bundled("smollm2-135m-instruct")
+    assert gguf is not None
+    tmp = Path(tempfile.mkdtemp())
+    cal = TemperatureScaling.from_dict(
+        {"format": "llmcal-calibrator", "format_version": 1, "kind": "temperature", "config": {},
+         "params": {"temperature": TEMPERATURE}, "fit": fit}
+    )  # fmt: skip
+    cal.save(tmp / name)
+    return gguf, tmp
 
 
 def _ways(
@@ -245,15 +251,19 @@ async def _load(url: str, bodies: list[dict[str, Any]], conc: int) -> dict[str, 
         start = time.perf_counter()
         await asyncio.gather(*(client_loop(client) for _ in range(conc)))
         seconds = time.perf_counter() - start
+    return {**_summary(latencies, seconds), "bodies": out}
+
+
+def _summary(latencies: list[float], seconds: float) -> dict[str, Any]:
+    """Requests, wall seconds, requests/s and the p50 / p99 latency (ms) of one run."""
     ms = sorted(1000 * x for x in latencies)
     return {
-        "requests": len(bodies),
+        "requests": len(ms),
         "seconds": seconds,
-        "requests_per_s": len(bodies) / seconds,
+        "requests_per_s": len(ms) / seconds,
         "p50_ms": statistics.median(ms),
         "p99_ms": float(np.percentile(ms, 99)),
         "latencies_ms": ms,
-        "bodies": out,
     }
 
 
@@ -348,15 +358,7 @@ async def _pairs(url: str, gen: list[dict[str, Any]], scorer: Any, task: Any) ->
             (await client.post(url, json=scorer.letter_request(PTRUE_TEMPLATE, pq)[1])).json()
             lat.append(time.perf_counter() - t0)
         seconds = time.perf_counter() - start
-    ms = sorted(1000 * x for x in lat)
-    return {
-        "requests": len(gen),
-        "seconds": seconds,
-        "requests_per_s": len(gen) / seconds,
-        "p50_ms": statistics.median(ms),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "latencies_ms": ms,
-    }
+    return _summary(lat, seconds)
 
 
 FREE_WAYS = ("direct generation", "direct generation + P(True)", "proxy free-form")
@@ -370,14 +372,7 @@ def _freeform(n: int) -> None:
     from llmcal.tasks import synthetic_open_task
 
     task = synthetic_open_task(n=n, seed=0)
-    gguf = resolve_bundled("smollm2-135m-instruct")
-    assert gguf is not None
-    tmp = Path(tempfile.mkdtemp())
-    cal = TemperatureScaling.from_dict(
-        {"format": "llmcal-calibrator", "format_version": 1, "kind": "temperature", "config": {},
-         "params": {"temperature": TEMPERATURE}, "fit": {"model": "smollm2", "view": "answer"}}
-    )  # fmt: skip
-    cal.save(tmp / "ptrue.json")
+    gguf, tmp = _setup({"model": "smollm2", "view": "answer"}, "ptrue.json")
     server = LlamaServer(gguf, tmp / "server.log")
     server.start()
     port = free_port()

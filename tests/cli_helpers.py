@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from llmcal.calibrate import TemperatureScaling
 from llmcal.cli import main
 
 
@@ -31,3 +34,17 @@ def assert_user_error(code: int, err: str, *fragments: str) -> None:
     assert all(line.startswith(PROGRESS_PREFIXES) for line in lines[:-1]), err
     for f in fragments:
         assert f in lines[-1], err
+
+
+def temperature_artefact(tau: float, **fit: Any) -> TemperatureScaling:
+    """A fitted TemperatureScaling with a known τ and the given fit record (no data needed)."""
+    return TemperatureScaling.from_dict(
+        {
+            "format": "llmcal-calibrator",
+            "format_version": 1,
+            "kind": "temperature",
+            "config": {},
+            "params": {"temperature": tau},
+            "fit": fit,
+        }
+    )

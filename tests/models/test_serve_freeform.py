@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
-from cli_helpers import assert_user_error, run
+from cli_helpers import assert_user_error, run, temperature_artefact
 from llmcal.answers import Answers
 from llmcal.calibrate import TemperatureScaling, load_calibrator
 from llmcal.confidence import one_answer, ptrue
@@ -37,16 +37,7 @@ THRESHOLD = 0.5
 
 def calibrator(view: str, tau: float = TAU) -> TemperatureScaling:
     """A temperature calibrator artefact with a known τ fitted (on paper) on ``view`` Scores."""
-    return TemperatureScaling.from_dict(
-        {
-            "format": "llmcal-calibrator",
-            "format_version": 1,
-            "kind": "temperature",
-            "config": {},
-            "params": {"temperature": tau},
-            "fit": {"n": 10, "n_used": 10, "model": "smollm2", "view": view},
-        }
-    )
+    return temperature_artefact(tau, n=10, n_used=10, model="smollm2", view=view)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from cli_helpers import assert_user_error, run
+from cli_helpers import assert_user_error, run, temperature_artefact
 from llmcal.calibrate import TemperatureScaling, load_calibrator
 from llmcal.errors import ConfigError
 from llmcal.scores import Scores
@@ -30,16 +30,8 @@ TAU = 2.0
 
 
 def temperature(tau: float = TAU) -> TemperatureScaling:
-    return TemperatureScaling.from_dict(
-        {
-            "format": "llmcal-calibrator",
-            "format_version": 1,
-            "kind": "temperature",
-            "config": {},
-            "params": {"temperature": tau},
-            "fit": {"n": 3, "n_used": 3, "task": "t", "model": "m", "template": "daca2"},
-        }
-    )
+    fit = {"n": 3, "n_used": 3, "task": "t", "model": "m", "template": "daca2"}
+    return temperature_artefact(tau, **fit)
 
 
 def test_selective_rule_loads_from_files_dicts_and_numbers(tmp_path: Path) -> None:
@@ -198,9 +190,7 @@ def test_selective_artefacts_from_llmcal_fit_selective_drive_the_rule(tmp_path: 
 
 
 def answer_view_temperature(tau: float = TAU) -> TemperatureScaling:
-    d = temperature(tau).to_dict()
-    d["fit"] = {"n": 3, "n_used": 3, "model": "m", "view": "answer"}
-    return TemperatureScaling.from_dict(d)
+    return temperature_artefact(tau, n=3, n_used=3, model="m", view="answer")
 
 
 def test_free_answers_are_scaled_p_true_with_abstention() -> None:
