@@ -320,3 +320,20 @@ def test_report_errors_and_formats(tmp_path: object) -> None:
     assert one.data["drift"] == [] and "nothing to compare" in one.to_html()
     with pytest.raises(ConfigError, match="format"):
         one.render("pdf")
+
+
+def test_the_definitions_follow_the_view_of_the_runs() -> None:
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.05, 0.95, 200)
+    free = Scores.from_confidence(p, (rng.uniform(size=200) < p).astype(int))
+    data = build_report({"ptrue": free, "ptrue again": free}).data
+    settings = data["settings"]
+    assert settings["confidence"].startswith("p(answer is right)")
+    assert (
+        settings["brier"].startswith("binary Brier")
+        and "p(answer is right)" in settings["drift"]["moves"]
+    )
+    mixed = build_report({"mc": make_scores(0, n=50), "free": free}).data["settings"]
+    assert "multiple-choice runs" in mixed["confidence"]
+    options = build_report({"mc": make_scores(0, n=50)}).data["settings"]
+    assert options["confidence"].startswith("top-label confidence")

@@ -218,24 +218,56 @@ def _has_temperature(entry: dict[str, Any]) -> bool:
 DEFAULT_MIN_SUBJECT_N = 20
 
 
+#: What "confidence", Brier and NLL mean in each Scores view (see llmcal.scores).
+_VIEW_TERMS = {
+    "options": {
+        "confidence": "top-label confidence: the largest softmax probability over the options",
+        "brier": "multi-class Brier score Σ_k (p_k − y_k)², averaged",
+        "nll": "mean −log p(correct option)",
+        "moved": "top-label confidence",
+    },
+    "answer": {
+        "confidence": "p(answer is right) of each free-form answer (its confidence method: "
+        "P(True), sequence likelihood, …)",
+        "brier": "binary Brier score (p − y)², averaged",
+        "nll": "mean −log p(the judged outcome)",
+        "moved": "p(answer is right)",
+    },
+    "mixed": {
+        "confidence": "top-label confidence (multiple-choice runs) or p(answer is right) "
+        "(free-form runs)",
+        "brier": "multi-class Brier (multiple choice) or binary Brier (free-form), averaged",
+        "nll": "mean −log p(correct option / judged outcome)",
+        "moved": "confidence",
+    },
+}
+
+
 def _settings(
-    n_bins: int, binning: str, n_resamples: int, seed: int | None, alpha: float, tolerance: float
+    n_bins: int,
+    binning: str,
+    n_resamples: int,
+    seed: int | None,
+    alpha: float,
+    tolerance: float,
+    view: str = "options",
 ) -> dict[str, Any]:
     if binning == "width":
         bins = f"{n_bins} equal-width bins ((b/B, (b+1)/B], confidence 0 in the first bin)"
     else:
         bins = f"{n_bins} equal-mass bins (ranked by confidence, ties kept in one bin)"
     level = f"{100 * (1 - alpha):g}%"
+    terms = _VIEW_TERMS[view]
     return {
         "n_bins": n_bins,
         "binning": binning,
-        "confidence": "top-label confidence: the largest softmax probability over the options",
+        "confidence": terms["confidence"],
         "ece": f"L1 ECE, Σ_b (n_b/n)·|accuracy_b − confidence_b|, over {bins}",
         "mce": "largest |accuracy_b − confidence_b| over the non-empty bins",
         "smooth_ece": "SmoothECE (Błasiok & Nakkiran 2023), reflected Gaussian kernel, "
         "bandwidth at the fixed point smECE_σ = σ",
-        "brier": "multi-class Brier score Σ_k (p_k − y_k)², averaged",
-        "nll": "mean −log p(correct option)",
+        "brier": terms["brier"],
+        "nll": terms["nll"],
         "auroc": "AUROC of confidence as a score for correctness (ties count half)",
         "gap": "mean confidence − accuracy (> 0: over-confident, < 0: under-confident)",
         "ci": {
@@ -255,11 +287,17 @@ def _settings(
             "seed": seed,
             "alpha": alpha,
             "tolerance": tolerance,
-            "moves": f"a question moved up (down) when its top-label confidence rose (fell) "
+            "moves": f"a question moved up (down) when its {terms['moved']} rose (fell) "
             f"by more than {tolerance:g}",
         },
         "coverage_grid": list(COVERAGE_GRID),
     }
+
+
+def _view(items: Sequence[ReportRun]) -> str:
+    """``options`` / ``answer`` when every run is of that view, else ``mixed``."""
+    views = {run.scores.view for run in items}
+    return views.pop() if len(views) == 1 else "mixed"
 
 
 def _environment() -> dict[str, Any]:
@@ -348,7 +386,7 @@ def build_report(
         "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "llmcal_version": __version__,
         "environment": _environment(),
-        "settings": _settings(b, binning, n_resamples, seed, alpha, tolerance),
+        "settings": _settings(b, binning, n_resamples, seed, alpha, tolerance, _view(items)),
         "runs": run_data,
         "drift": drift_data,
         "has_subjects": any(r.scores.subjects is not None for r in items),
