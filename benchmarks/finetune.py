@@ -11,9 +11,10 @@ Studies (see ../shared/methods/cogcalib.md and cft_rcft.md):
 3. The CogCalib finding: vanilla SFT on equal-size all-unknown / half-known / all-known sets.
 4. Step time of each method vs plain LoRA SFT on the same batch.
 
-Every (study, method, seed) run is cached as JSON under benchmarks/cache/finetune-PROFILE/
-(git-ignored), written only when the run finished, so an interrupted study resumes where it
-stopped: rerun the same command. Run it in parts with ``python benchmarks/finetune.py STAGE``.
+Every (study, method, seed) run is cached as JSON, written only when the run finished, so an
+interrupted study resumes where it stopped: rerun the same command. The full study's runs are
+committed (benchmarks/results/finetune-runs/: the study spans several sessions of this machine,
+and they are the evidence behind the report); the quick profile's stay in benchmarks/cache/. Run it in parts with ``python benchmarks/finetune.py STAGE``.
 The report has bootstrap 95 % CIs (questions resampled, the same draw for every seed) and
 paired bootstrap tests of each method against vanilla SFT (CFT in study 2).
 
@@ -34,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from common import CACHE, DATA_DIR, md_table, write_results
+from common import CACHE, DATA_DIR, RESULTS, md_table, write_results
 from llmcal._io import atomic_write_text
 from llmcal.finetune import FinetuneConfig
 from llmcal.finetune.data import balance_letters
@@ -97,7 +98,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
 }
 SIZES: dict[str, Any] = dict(PROFILES["full"])
-RUNS = CACHE / "finetune-full"
+RUNS = RESULTS / "finetune-runs"
 ADAPTERS = CACHE / "adapters"
 OOD_SUBJECTS = (
     "management",
@@ -116,7 +117,7 @@ def use_profile(name: str) -> None:
     SIZES.clear()
     SIZES.update(PROFILES[name])
     SIZES["profile"] = name
-    RUNS = CACHE / f"finetune-{name}"
+    RUNS = RESULTS / "finetune-runs" if name == "full" else CACHE / f"finetune-{name}"
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -435,6 +436,56 @@ def study_mix(sp: dict[str, Task]) -> dict[str, Any] | None:
     return {"n_each": n, "n_known_in_pool": len(known), "n_pool": len(sp["pool"]), "runs": runs}
 
 
+def synthetic_splits(n_train: int, n_test: int) -> dict[str, Task]:
+    """Disjoint letter-balanced train / test sets of the generated synthetic families (a
+    question counts once: by its text, or by text and options where the text repeats)."""
+    from llmcal.tasks import synthetic_task
+
+    seen: set[Any] = set()
+    keep = []
+    for q in synthetic_task(n=4000, seed=0):
+        key = (
+            (q.question, frozenset(q.choices))
+            if q.subject in ("comparison", "ordering")
+            else q.question
+        )
+        if key not in seen:
+            seen.add(key)
+            keep.append(q)
+    pool = Task("synthetic", keep).shuffle(0)
+    train = Task("train", list(pool[:n_train]))
+    test = Task("test", list(pool[n_train : n_train + n_test]))
+    return {"train": balance_letters(train, seed=0), "test": balance_letters(test, seed=0)}
+
+
+#: Can vanilla SFT leave chance at this budget? name → (model, data, overrides).
+FEASIBILITY: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "gemma-pooled-lr3e-4": (GEMMA, "pooled", {}),  # = the study's gemma-sft-s0 run
+    "gemma-pooled-lr1e-3": (GEMMA, "pooled", {"learning_rate": 1e-3}),
+    "gemma-synthetic-lr1e-3": (GEMMA, "synthetic", {"learning_rate": 1e-3}),
+    "smol-pooled-lr1e-3": (SMOL, "pooled", {"learning_rate": 1e-3}),
+}
+
+
+def study_feasibility(sp: dict[str, Task]) -> dict[str, Any] | None:
+    """Vanilla SFT (seed 0) under each FEASIBILITY setting, test accuracy against chance."""
+    syn = synthetic_splits(SIZES["train"], SIZES["test"])
+    runs: dict[str, Any] = {}
+    for name, (model, data, extra) in FEASIBILITY.items():
+        train, test = (sp["train"], sp["test"]) if data == "pooled" else (syn["train"], syn["test"])
+        run_name = "gemma-sft-s0" if name == "gemma-pooled-lr3e-4" else f"feasibility-{name}"
+        if run_name == "gemma-sft-s0":
+            rec = train_run(run_name, model, "sft", 0, train, {"test": test, "ood": sp["ood"]},
+                            cal=sp["cal"], ts=True, balance_letters=True)  # fmt: skip
+        else:
+            rec = train_run(run_name, model, "sft", 0, train, {"test": test},
+                            balance_letters=True, **extra)  # fmt: skip
+        base = baseline(model, {"test": test}, f"feasibility-base-{model}-{data}")
+        if rec is not None and base is not None:
+            runs[name] = {"run": rec, "base": base, "data": data, "model": model, **extra}
+    return {"runs": runs} if runs else None
+
+
 def step_times(sp: dict[str, Task]) -> Any:
     """Seconds per optimizer step of each method on one fixed batch (SmolLM2).
 
@@ -461,10 +512,16 @@ def step_times(sp: dict[str, Task]) -> Any:
                     logging_steps=100,
                 )
                 res = finetune(
-                    SMOL, batch, cfg, RUNS / "tmp-step", cal=cal, progress=False, save_steps=1000
+                    SMOL,
+                    batch,
+                    cfg,
+                    ADAPTERS / "tmp-step",
+                    cal=cal,
+                    progress=False,
+                    save_steps=1000,
                 )
                 out[method]["step_seconds"] += res.step_seconds[1:]
-        shutil.rmtree(RUNS / "tmp-step", ignore_errors=True)
+        shutil.rmtree(ADAPTERS / "tmp-step", ignore_errors=True)
         return out
 
     return _cached("step-times-interleaved", run)
@@ -654,6 +711,8 @@ def render(results: dict[str, Any]) -> str:
         "questions and seeds (p two-sided).",
         "",
     ]
+    if "feasibility" in results:
+        parts += _feasibility_lines(results["feasibility"])
     if "cogcalib" in results:
         st = results["cogcalib"]
         parts += [
@@ -755,6 +814,37 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _feasibility_lines(st: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, r in st["runs"].items():
+        acc, lo, hi = seed_mean_ci([r["run"]], "test", "accuracy")
+        b_acc, b_lo, b_hi = seed_mean_ci([r["base"]], "test", "accuracy")
+        rows.append([
+            name, r["model"], r["data"], f"{r.get('learning_rate', SIZES['lr']):g}",
+            str(r["run"]["steps"]),
+            f"{100 * b_acc:.1f} [{100 * b_lo:.1f}, {100 * b_hi:.1f}]",
+            f"{100 * acc:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]",
+            f"{100 * r['run']['metrics']['test']['ece15']:.2f}",
+            "yes" if lo > 0.25 else "no",
+        ])  # fmt: skip
+    return [
+        "## 0. Can vanilla SFT leave chance at this budget?",
+        "",
+        f"Vanilla LoRA SFT, seed 0, {SIZES['epochs']} epochs × batch {SIZES['batch']} on "
+        f"{SIZES['train']} letter-balanced training questions, LoRA r = {SIZES['lora_r']} on all "
+        "linear layers, letter format (daca1); test = 400 letter-balanced 4-option questions "
+        "(pooled: the study's in-domain test split; synthetic: generated families, disjoint "
+        "from training). Accuracy in % with its 95 % bootstrap CI; chance is 25 %.",
+        "",
+        md_table(FEASIBILITY_HEADER, rows),
+        "",
+    ]
+
+
+FEASIBILITY_HEADER = ["setting", "model", "data", "lr", "steps", "base acc", "SFT acc",
+                      "SFT ECE15", "CI above chance"]  # fmt: skip
+
+
 def _gate_lines(st: dict[str, Any]) -> list[str]:
     lines = []
     for method in ("cogcalib-ls", "cogcalib-mbls", "cogcalib-ecp"):
@@ -773,7 +863,7 @@ def _gate_lines(st: dict[str, Any]) -> list[str]:
     return [*lines, ""] if lines else []
 
 
-STAGES = ("cogcalib", "cft", "mix", "steps", "report")  # or "partial": report from the cache
+STAGES = ("feasibility", "cogcalib", "cft", "mix", "steps", "report")  # or "partial"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -789,7 +879,13 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}, partial")
     sp = splits()
     results: dict[str, Any] = {"sizes": SIZES, "n": {k: len(v) for k, v in sp.items()}}
-    studies = {"cogcalib": study_cogcalib, "cft": study_cft, "mix": study_mix, "steps": step_times}
+    studies = {
+        "feasibility": study_feasibility,
+        "cogcalib": study_cogcalib,
+        "cft": study_cft,
+        "mix": study_mix,
+        "steps": step_times,
+    }
     for stage in stages:
         if stage in studies:
             studies[stage](sp)
