@@ -511,7 +511,7 @@ class HTTPGenerator:
             else:
                 payload.update(prompt=item, logprobs=1)
                 body = await client._post(http, "/completions", payload, k)
-            return _http_generation(body, isinstance(item, list), str(k), config)
+            return http_generation(body, isinstance(item, list), str(k), config)
 
         async def main() -> list[Generation]:
             out: list[Generation] = await client._gather(
@@ -530,7 +530,8 @@ class HTTPGenerator:
         return result
 
 
-def _http_generation(body: Any, chat: bool, qid: str, config: GenerationConfig) -> Generation:
+def http_generation(body: Any, chat: bool, qid: str, config: GenerationConfig) -> Generation:
+    """The answer in a completions / chat response body, cut and stripped as in-process."""
     try:
         choice = body["choices"][0]
         text = choice["message"]["content"] if chat else choice["text"]

@@ -519,7 +519,7 @@ class Proxy:
         from llmcal.confidence import PTRUE_TEMPLATE, one_answer, ptrue_scores, ptrue_task
         from llmcal.models.generate import (
             GenerationConfig,
-            _http_generation,
+            http_generation,
             open_messages,
             open_prompt,
         )
@@ -563,7 +563,7 @@ class Proxy:
             if status != 200:
                 return JSONResponse(upstream, status_code=status)
             config = GenerationConfig(stop_at_newline=not own)
-            text = _http_generation(upstream, chat_path, qid, config).text
+            text = http_generation(upstream, chat_path, qid, config).text
             source = "client prompt" if own else "llmcal prompt"
         else:
             text, source = given, "client"
