@@ -483,7 +483,13 @@ def study_feasibility(sp: dict[str, Task]) -> dict[str, Any] | None:
         base = baseline(model, {"test": test}, f"feasibility-base-{model}-{data}")
         if rec is not None and base is not None:
             runs[name] = {"run": rec, "base": base, "data": data, "model": model, **extra}
-    return {"runs": runs} if runs else None
+    if not runs:
+        return None
+    study = {"runs": runs}
+    if not CACHED_ONLY:  # the stage's own table, beside the study's report
+        write_results("finetune_feasibility", {"sizes": SIZES, **study},
+                      "\n".join(_feasibility_lines(study)))  # fmt: skip
+    return study
 
 
 def step_times(sp: dict[str, Task]) -> Any:
