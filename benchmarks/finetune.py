@@ -464,15 +464,32 @@ FEASIBILITY: dict[str, tuple[str, str, dict[str, Any]]] = {
     "gemma-pooled-lr1e-3": (GEMMA, "pooled", {"learning_rate": 1e-3}),
     "gemma-synthetic-lr1e-3": (GEMMA, "synthetic", {"learning_rate": 1e-3}),
     "smol-pooled-lr1e-3": (SMOL, "pooled", {"learning_rate": 1e-3}),
+    # the one setting where letter SFT left chance here before (posthoc.md, pair 2: 120 steps)
+    "gemma-csqa-lr3e-4-3ep": (GEMMA, "csqa", {"epochs": 3.0}),
 }
+
+
+def csqa_splits(n_train: int, n_test: int) -> dict[str, Task]:
+    """Disjoint letter-balanced train / test sets of CommonsenseQA (4 options in this copy)."""
+    pool = load_task("commonsense_qa", data_dir=DATA_DIR).shuffle(0)
+    train = Task("train", list(pool[:n_train]))
+    test = Task("test", list(pool[n_train : n_train + n_test]))
+    return {"train": balance_letters(train, seed=0), "test": balance_letters(test, seed=0)}
 
 
 def study_feasibility(sp: dict[str, Task]) -> dict[str, Any] | None:
     """Vanilla SFT (seed 0) under each FEASIBILITY setting, test accuracy against chance."""
-    syn = synthetic_splits(SIZES["train"], SIZES["test"])
+    other = {
+        "synthetic": synthetic_splits(SIZES["train"], SIZES["test"]),
+        "csqa": csqa_splits(SIZES["train"], SIZES["test"]),
+    }
     runs: dict[str, Any] = {}
     for name, (model, data, extra) in FEASIBILITY.items():
-        train, test = (sp["train"], sp["test"]) if data == "pooled" else (syn["train"], syn["test"])
+        train, test = (
+            (sp["train"], sp["test"])
+            if data == "pooled"
+            else (other[data]["train"], other[data]["test"])
+        )
         run_name = "gemma-sft-s0" if name == "gemma-pooled-lr3e-4" else f"feasibility-{name}"
         if run_name == "gemma-sft-s0":
             rec = train_run(run_name, model, "sft", 0, train, {"test": test, "ood": sp["ood"]},
@@ -827,6 +844,7 @@ def _feasibility_lines(st: dict[str, Any]) -> list[str]:
         b_acc, b_lo, b_hi = seed_mean_ci([r["base"]], "test", "accuracy")
         rows.append([
             name, r["model"], r["data"], f"{r.get('learning_rate', SIZES['lr']):g}",
+            f"{r.get('epochs', SIZES['epochs']):g}",
             str(r["run"]["steps"]),
             f"{100 * b_acc:.1f} [{100 * b_lo:.1f}, {100 * b_hi:.1f}]",
             f"{100 * acc:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]",
@@ -836,18 +854,19 @@ def _feasibility_lines(st: dict[str, Any]) -> list[str]:
     return [
         "## 0. Can vanilla SFT leave chance at this budget?",
         "",
-        f"Vanilla LoRA SFT, seed 0, {SIZES['epochs']} epochs × batch {SIZES['batch']} on "
+        f"Vanilla LoRA SFT, seed 0, batch {SIZES['batch']} on "
         f"{SIZES['train']} letter-balanced training questions, LoRA r = {SIZES['lora_r']} on all "
         "linear layers, letter format (daca1); test = 400 letter-balanced 4-option questions "
         "(pooled: the study's in-domain test split; synthetic: generated families, disjoint "
-        "from training). Accuracy in % with its 95 % bootstrap CI; chance is 25 %.",
+        "from training; csqa: CommonsenseQA, 4 options in this copy). Accuracy in % with its 95 % "
+        "bootstrap CI; chance is 25 %.",
         "",
         md_table(FEASIBILITY_HEADER, rows),
         "",
     ]
 
 
-FEASIBILITY_HEADER = ["setting", "model", "data", "lr", "steps", "base acc", "SFT acc",
+FEASIBILITY_HEADER = ["setting", "model", "data", "lr", "epochs", "steps", "base acc", "SFT acc",
                       "SFT ECE15", "CI above chance"]  # fmt: skip
 
 

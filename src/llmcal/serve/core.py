@@ -350,9 +350,8 @@ class CalibratedModel:
         elif not isinstance(answer, str):
             raise ConfigError(f"ask_open: answer must be a string, got {type(answer).__name__}")
         raw = ptrue(self.model, one_answer("q0", question, answer))
-        return free_answers_from_scores(raw, [answer], self.calibrator, self.selective, self.info)[
-            0
-        ]
+        (out,) = free_answers_from_scores(raw, [answer], self.calibrator, self.selective, self.info)
+        return out
 
     def _generate(self, question: str, context: str | None, max_new_tokens: int) -> str:
         from llmcal.models.generate import GenerationConfig, HFGenerator
