@@ -1368,6 +1368,34 @@ def _add_judge_options(p: Any) -> None:
     )
 
 
+def _add_endpoint_options(p: Any, endpoint_help: str | None, client: bool = False) -> Any:
+    """The "endpoint" option group: --endpoint (when ``endpoint_help``), --api-key-env and, for
+    commands that send many requests (``client``), --concurrency / --timeout / --retries."""
+    g = add_group(p, "endpoint")
+    if endpoint_help is not None:
+        g.add_argument(
+            "--endpoint", action="append", default=None, metavar="URL", help=endpoint_help
+        )
+    g.add_argument(
+        "--api-key-env", default=None, metavar="VAR", help="environment variable with the API key"
+    )
+    if client:
+        g.add_argument("--concurrency", type=_positive_int, default=4, help="requests in flight")
+        g.add_argument(
+            "--timeout",
+            type=_finite_float(0, 3600, open_lo=True),
+            default=30.0,
+            help="seconds per request attempt",
+        )
+        g.add_argument(
+            "--retries",
+            type=_bounded_int(0, 100),
+            default=5,
+            help="retries per request (backoff+jitter)",
+        )
+    return g
+
+
 def _add_freeform_parsers(sub: Any) -> None:
     from llmcal.confidence import METHODS
 
@@ -1416,25 +1444,7 @@ def _add_freeform_parsers(sub: Any) -> None:
     g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     g.add_argument("--no-newline-stop", action="store_true", help="do not stop at a newline")
     _add_judge_options(p)
-    g = add_group(p, "endpoint")
-    g.add_argument(
-        "--endpoint",
-        action="append",
-        default=None,
-        metavar="URL",
-        help="generate through an OpenAI-compatible server",
-    )
-    g.add_argument(
-        "--api-key-env", default=None, metavar="VAR", help="environment variable with the API key"
-    )
-    g.add_argument("--concurrency", type=_positive_int, default=4, help="requests in flight")
-    g.add_argument(
-        "--timeout",
-        type=_finite_float(0, 3600, open_lo=True),
-        default=30.0,
-        help="seconds per request attempt",
-    )
-    g.add_argument("--retries", type=_bounded_int(0, 100), default=5, help="retries per request")
+    _add_endpoint_options(p, "generate through an OpenAI-compatible server", client=True)
     g = add_group(p, "checkpoint")
     g.add_argument("--chunk-size", type=_positive_int, default=32, help="answers per chunk")
     g.add_argument("--restart", action="store_true", help="discard the checkpoint beside --out")
@@ -1451,10 +1461,7 @@ def _add_freeform_parsers(sub: Any) -> None:
     )
     p.add_argument("answers", help="Answers file from llmcal generate")
     _add_judge_options(p)
-    g = add_group(p, "endpoint")
-    g.add_argument(
-        "--api-key-env", default=None, metavar="VAR", help="environment variable with the API key"
-    )
+    _add_endpoint_options(p, None)
     g = add_group(p, "output")
     g.add_argument("--out", required=True, metavar="FILE", help="output Answers file (.parquet)")
     p.set_defaults(func=cmd_judge)
@@ -1476,17 +1483,7 @@ def _add_freeform_parsers(sub: Any) -> None:
     g.add_argument("--model", default=None, help="ptrue / verbal: the model that judges")
     g.add_argument("--batch-size", type=_positive_int, default=8, help="answers per batch")
     _add_device_options(g)
-    g = add_group(p, "endpoint")
-    g.add_argument(
-        "--endpoint",
-        action="append",
-        default=None,
-        metavar="URL",
-        help="ptrue / verbal through an OpenAI-compatible server",
-    )
-    g.add_argument(
-        "--api-key-env", default=None, metavar="VAR", help="environment variable with the API key"
-    )
+    _add_endpoint_options(p, "ptrue / verbal through an OpenAI-compatible server")
     g = add_group(p, "output")
     g.add_argument("--out", required=True, metavar="FILE", help="output Scores file (.parquet)")
     p.set_defaults(func=cmd_confidence)
@@ -1614,30 +1611,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--permutation-cap", type=_positive_int, default=24, help="at most N orderings with 'all'"
     )
-    g = add_group(p, "endpoint")
-    g.add_argument(
-        "--endpoint",
-        action="append",
-        default=None,
-        metavar="URL",
-        help="score through an OpenAI-compatible server (repeatable: load is spread); "
+    g = _add_endpoint_options(
+        p,
+        "score through an OpenAI-compatible server (repeatable: load is spread); "
         "--model is then the served model name",
-    )
-    g.add_argument(
-        "--api-key-env", default=None, metavar="VAR", help="environment variable with the API key"
-    )
-    g.add_argument("--concurrency", type=_positive_int, default=4, help="requests in flight")
-    g.add_argument(
-        "--timeout",
-        type=_finite_float(0, 3600, open_lo=True),
-        default=30.0,
-        help="seconds per request attempt",
-    )
-    g.add_argument(
-        "--retries",
-        type=_bounded_int(0, 100),
-        default=5,
-        help="retries per request (backoff+jitter)",
+        client=True,
     )
     g.add_argument("--top-k", type=_positive_int, default=20, help="top log-probs to request")
     g = add_group(p, "checkpoint")
