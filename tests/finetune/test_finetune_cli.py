@@ -142,3 +142,20 @@ def test_finetune_takes_the_hf_loading_flags(
     )
     assert_user_error(code, err, "LLMCAL_NOPE is not set")
     assert not bad.exists()
+
+
+def test_device_map_under_a_multi_process_launch_is_refused_before_loading(
+    capsys: pytest.CaptureFixture[str],
+    tiny_model: Path,
+    data: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun / accelerate set in each process
+    out = tmp_path / "adapter"
+    code, _, err = run(
+        capsys, *_args(tiny_model, data, out, "--max-steps", "1", "--device-map", "auto")
+    )
+    assert_user_error(code, err, "--device-map", "every process holds a whole copy")
+    assert not out.exists()
