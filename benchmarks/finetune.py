@@ -57,7 +57,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "ood": 400,  # MMLU out-of-domain test
         "max_chars": 320,  # question + choices
         "batch": 8,
-        "epochs": 2,  # 100 steps
+        "epochs": 1,  # 50 steps (the letter-format feasibility runs: 2 epochs)
         "lr": 3e-4,
         "lora_r": 8,
         "targets": ALL_LINEAR,
@@ -97,6 +97,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         "resamples": 200,
     },
 }
+#: The studies' answer format. Letter format was tried first and left every model at chance
+#: (study 0, feasibility); in cloze format both bundled models start above chance, so the
+#: studies train and score each option's mean token log-likelihood (a K-way softmax).
+FORMAT: dict[str, Any] = {"mode": "cloze", "normalization": "mean"}
+LETTER: dict[str, Any] = {"mode": "letter", "normalization": "mean"}
 SIZES: dict[str, Any] = dict(PROFILES["full"])
 RUNS = RESULTS / "finetune-runs"
 ADAPTERS = CACHE / "adapters"
@@ -152,12 +157,12 @@ def _scorer(model: str, adapter: Path | None = None) -> Any:
 
 
 def _score_sets(
-    scorer: Any, sets: dict[str, Task], template: str
+    scorer: Any, sets: dict[str, Task], template: str, fmt: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, float]]:
     scores, secs = {}, {}
     for name, task in sets.items():
         start = time.perf_counter()
-        scores[name] = scorer.score(task, template=template)
+        scores[name] = scorer.score(task, template=template, **fmt)
         secs[name] = time.perf_counter() - start
     return scores, secs
 
@@ -213,14 +218,22 @@ def _cached(name: str, fn: Any) -> Any:
     return record
 
 
-def baseline(model: str, sets: dict[str, Task], name: str, template: str = "daca1") -> Any:
-    """The untrained model, and TS fitted on its cal split."""
+def baseline(
+    model: str,
+    sets: dict[str, Task],
+    name: str,
+    template: str = "daca1",
+    fmt: dict[str, Any] | None = None,
+) -> Any:
+    """The untrained model, and TS fitted on its cal split (``fmt``: letter by default)."""
+    fmt = fmt or LETTER
 
     def run() -> dict[str, Any]:
-        scores, secs = _score_sets(_scorer(model), sets, template)
+        scores, secs = _score_sets(_scorer(model), sets, template, fmt)
         record: dict[str, Any] = {
             "model": model,
             "template": template,
+            **fmt,
             "metrics": {k: evaluation_metrics(v) for k, v in scores.items()},
             "per_question": _per_question(scores),
             "score_seconds": secs,
@@ -259,9 +272,12 @@ def train_run(
     cal: Task | None = None,
     ts: bool = False,
     ref_known: dict[str, bool] | None = None,
+    fmt: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> dict[str, Any] | None:
-    """Fine-tune, score the adapter on ``sets`` (plus cal for TS), cache the record."""
+    """Fine-tune, score the adapter on ``sets`` (plus cal for TS) in the format it was trained
+    in (``fmt``: letter by default), cache the record."""
+    fmt = fmt or LETTER
 
     def run() -> dict[str, Any]:
         from llmcal.finetune import finetune
@@ -277,6 +293,7 @@ def train_run(
             "lora_targets": list(SIZES["targets"]),
             "logging_steps": 5,
             "style_steps": SIZES["style_steps"],
+            **(fmt if fmt["mode"] == "cloze" else {}),
             **overrides,
         }
         cfg = FinetuneConfig(**settings)
@@ -285,9 +302,10 @@ def train_run(
         eval_sets = dict(sets)
         if ts and cal is not None:
             eval_sets["cal"] = cal
-        scores, secs = _score_sets(_scorer(model, out), eval_sets, res.template)
+        scores, secs = _score_sets(_scorer(model, out), eval_sets, res.template, fmt)
         record: dict[str, Any] = {
             "model": model,
+            **fmt,
             "method": method,
             "seed": seed,
             "n_train": len(train),
@@ -326,23 +344,32 @@ CFT_RUNS: dict[str, tuple[str, dict[str, Any], bool]] = {
 QUICK_CFT = ("cft", "rcft", "rcft-code")
 
 
+def _base(sp: dict[str, Task]) -> Any:
+    """SmolLM2 as it ships, cloze format, on every split (and TS on its cal split)."""
+    sets = {"test": sp["test"], "ood": sp["ood"], "cal": sp["cal"], "train": sp["train"]}
+    return baseline(SMOL, sets, "cloze-smol-base", fmt=FORMAT)
+
+
+def _known(base: dict[str, Any], split: str) -> dict[str, bool]:
+    """Question id → the untrained model answers it correctly (zero-shot, cloze)."""
+    pq = base["per_question"][split]
+    return {i: bool(c) for i, c in zip(pq["ids"], pq["correct"], strict=True)}
+
+
 def study_cogcalib(sp: dict[str, Task]) -> dict[str, Any] | None:
-    """Study 1 (CogCalib on Gemma): every method × every seed."""
+    """Study 1 (CogCalib on SmolLM2, cloze): every method × every seed, methods in order."""
     evals = {"test": sp["test"], "ood": sp["ood"]}
-    base = baseline(GEMMA, {**evals, "cal": sp["cal"], "train": sp["train"]}, "gemma-base")
+    base = _base(sp)
     if base is None:
         return None
-    labels = knowledge(GEMMA, sp["train"])
-    known = None
-    if labels is not None:
-        known = {i: q["category"] == "highly-known" for i, q in labels["questions"].items()}
+    known = _known(base, "train")
     methods = QUICK_COGCALIB if SIZES["profile"] == "quick" else COGCALIB_METHODS
     runs: dict[str, list[dict[str, Any]]] = {}
-    for seed in SIZES["seeds"]:
-        for method in methods:
+    for method in methods:
+        for seed in SIZES["seeds"]:
             rec = train_run(
-                f"gemma-{method}-s{seed}",
-                GEMMA,
+                f"cloze-smol-{method}-s{seed}",
+                SMOL,
                 method,
                 seed,
                 sp["train"],
@@ -350,66 +377,53 @@ def study_cogcalib(sp: dict[str, Task]) -> dict[str, Any] | None:
                 cal=sp["cal"],
                 ts=method == "sft",
                 ref_known=known,
+                fmt=FORMAT,
                 balance_letters=True,
             )
             if rec is not None:
                 runs.setdefault(method, []).append(rec)
-    return {"base": base, "runs": runs, "knowledge": labels, "reference": "sft"}
-
-
-def _cft_template(sp: dict[str, Task]) -> str:
-    """The CFT letter variant (bare or space-prefixed) SmolLM2 puts more mass on (§7.8)."""
-
-    def run() -> dict[str, Any]:
-        from llmcal.finetune.data import resolve_letter_template
-        from llmcal.tasks.templates import get_template
-
-        tmpl, masses = resolve_letter_template(_scorer(SMOL), sp["train"], get_template("cft"))
-        return {"template": tmpl.name, "letter_mass": masses}
-
-    rec = _cached("smol-cft-template", run)
-    return "cft" if rec is None else str(rec["template"])
+    share = sum(known.values()) / len(known)
+    return {"base": base, "runs": runs, "known_share": share, "reference": "sft"}
 
 
 def study_cft(sp: dict[str, Task]) -> dict[str, Any] | None:
-    """Study 2 (CFT / RCFT on the aligned SmolLM2), in the CFT text format."""
+    """Study 2 (CFT / RCFT on the aligned SmolLM2, cloze: options scored as continuations of
+    ``Question: … Answer:``, so the CFT ``### Question`` letter format does not apply)."""
     evals = {"test": sp["test"], "ood": sp["ood"]}
-    template = _cft_template(sp)
-    sets = {**evals, "cal": sp["cal"], "train": sp["train"]}
-    base = baseline(SMOL, sets, "smol-aligned", template=template)
+    base = _base(sp)
     if base is None:
         return None
-    sep = "bare" if template == "cft" else "space"
     names = QUICK_CFT if SIZES["profile"] == "quick" else tuple(CFT_RUNS)
     runs: dict[str, list[dict[str, Any]]] = {}
     for name in names:
         method, extra, main = CFT_RUNS[name]
         for seed in SIZES["seeds"] if main else SIZES["ablation_seeds"]:
             rec = train_run(
-                f"smol-{name}-s{seed}",
+                f"cloze-smol-{name}-s{seed}",
                 SMOL,
                 method,
                 seed,
                 sp["train"],
                 evals,
                 lora_targets=["all-linear"],
-                template="cft",
-                letter_sep=sep,
+                fmt=FORMAT,
                 balance_letters=True,
                 **extra,
             )
             if rec is not None:
                 runs.setdefault(name, []).append(rec)
-    return {"base": base, "runs": runs, "template": template, "reference": "cft"}
+    return {"base": base, "runs": runs, "template": "daca1 (cloze)", "reference": "cft"}
 
 
 def study_mix(sp: dict[str, Task]) -> dict[str, Any] | None:
-    """Equal-size all-unknown / half-known / all-known training sets, vanilla SFT."""
-    pool = baseline(GEMMA, {"pool": sp["pool"]}, "gemma-base-pool")
+    """Equal-size all-unknown / half-known / all-known training sets, vanilla SFT, 3 seeds.
+
+    In cloze format every option is scored on its own, so the order of the options (the
+    answer letter) cannot matter to the model: the mixes differ in knowledge only."""
+    pool = baseline(SMOL, {"pool": sp["pool"]}, "cloze-smol-base-pool", fmt=FORMAT)
     if pool is None:
         return None
-    pq = pool["per_question"]["pool"]
-    correct = dict(zip(pq["ids"], pq["correct"], strict=True))
+    correct = _known(pool, "pool")
     known = [q for q in sp["pool"] if correct[q.id]]
     unknown = [q for q in sp["pool"] if not correct[q.id]]
     n = min(SIZES["mix_n"], len(known), len(unknown))
@@ -419,20 +433,22 @@ def study_mix(sp: dict[str, Task]) -> dict[str, Any] | None:
         "half-known": unknown[:half] + known[: n - half],
         "all-known": known[:n],
     }
-    runs = {}
-    for name, qs in mixes.items():
-        rec = train_run(
-            f"gemma-mix-{name}",
-            GEMMA,
-            "sft",
-            0,
-            Task(name, qs),
-            {"test": sp["test"]},
-            epochs=float(SIZES["mix_epochs"]),
-            balance_letters=True,
-        )
-        if rec is not None:
-            runs[name] = rec
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for seed in SIZES["seeds"]:
+        for name, qs in mixes.items():
+            rec = train_run(
+                f"cloze-smol-mix-{name}-s{seed}",
+                SMOL,
+                "sft",
+                seed,
+                Task(name, qs),
+                {"test": sp["test"]},
+                epochs=float(SIZES["mix_epochs"]),
+                fmt=FORMAT,
+                balance_letters=True,
+            )
+            if rec is not None:
+                runs.setdefault(name, []).append(rec)
     return {"n_each": n, "n_known_in_pool": len(known), "n_pool": len(sp["pool"]), "runs": runs}
 
 
@@ -460,10 +476,10 @@ def synthetic_splits(n_train: int, n_test: int) -> dict[str, Task]:
 
 #: Can vanilla SFT leave chance at this budget? name → (model, data, overrides).
 FEASIBILITY: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "gemma-pooled-lr3e-4": (GEMMA, "pooled", {}),  # = the study's gemma-sft-s0 run
-    "gemma-pooled-lr1e-3": (GEMMA, "pooled", {"learning_rate": 1e-3}),
-    "gemma-synthetic-lr1e-3": (GEMMA, "synthetic", {"learning_rate": 1e-3}),
-    "smol-pooled-lr1e-3": (SMOL, "pooled", {"learning_rate": 1e-3}),
+    "gemma-pooled-lr3e-4": (GEMMA, "pooled", {"epochs": 2.0}),  # = the run gemma-sft-s0
+    "gemma-pooled-lr1e-3": (GEMMA, "pooled", {"learning_rate": 1e-3, "epochs": 2.0}),
+    "gemma-synthetic-lr1e-3": (GEMMA, "synthetic", {"learning_rate": 1e-3, "epochs": 2.0}),
+    "smol-pooled-lr1e-3": (SMOL, "pooled", {"learning_rate": 1e-3, "epochs": 2.0}),
     # the one setting where letter SFT left chance here before (posthoc.md, pair 2: 120 steps)
     "gemma-csqa-lr3e-4-3ep": (GEMMA, "csqa", {"epochs": 3.0}),
 }
@@ -493,7 +509,7 @@ def study_feasibility(sp: dict[str, Task]) -> dict[str, Any] | None:
         run_name = "gemma-sft-s0" if name == "gemma-pooled-lr3e-4" else f"feasibility-{name}"
         if run_name == "gemma-sft-s0":
             rec = train_run(run_name, model, "sft", 0, train, {"test": test, "ood": sp["ood"]},
-                            cal=sp["cal"], ts=True, balance_letters=True)  # fmt: skip
+                            cal=sp["cal"], ts=True, balance_letters=True, **extra)  # fmt: skip
         else:
             rec = train_run(run_name, model, "sft", 0, train, {"test": test},
                             balance_letters=True, **extra)  # fmt: skip
@@ -843,8 +859,8 @@ def _feasibility_lines(st: dict[str, Any]) -> list[str]:
         acc, lo, hi = seed_mean_ci([r["run"]], "test", "accuracy")
         b_acc, b_lo, b_hi = seed_mean_ci([r["base"]], "test", "accuracy")
         rows.append([
-            name, r["model"], r["data"], f"{r.get('learning_rate', SIZES['lr']):g}",
-            f"{r.get('epochs', SIZES['epochs']):g}",
+            name, r["model"], r["data"], f"{r['run']['config']['learning_rate']:g}",
+            f"{r['run']['config']['epochs']:g}",
             str(r["run"]["steps"]),
             f"{100 * b_acc:.1f} [{100 * b_lo:.1f}, {100 * b_hi:.1f}]",
             f"{100 * acc:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]",

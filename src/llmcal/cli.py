@@ -2118,6 +2118,20 @@ def _add_finetune_parser(sub: Any) -> None:
         default=None,
         help="permute training options so each answer letter is equally frequent",
     )
+    g.add_argument(
+        "--mode",
+        choices=["letter", "cloze"],
+        default=None,
+        help="letter: train the answer letter's logits (default); cloze: each option's "
+        "log-likelihood, a softmax over the options (for models at chance in letter mode)",
+    )
+    g.add_argument(
+        "--normalization",
+        choices=["sum", "mean", "char"],
+        default=None,
+        help="cloze: divide each option's log-likelihood by 1, its tokens or its characters "
+        "(default mean, as score --mode cloze)",
+    )
     g = add_group(p, "method")
     g.add_argument(
         "--preset",

@@ -19,10 +19,14 @@ from transformers import TrainerCallback
 
 from llmcal.finetune import FinetuneConfig, finetune
 
-METHODS = ("cogcalib-ls", "rcft")
-#: extra runs by name: the authors' RCFT objective (per-device means, cft_rcft.md §2.2)
+METHODS = ("cogcalib-ls", "rcft", "rcft-cloze")
+#: extra runs by name: the authors' RCFT objective (per-device means, cft_rcft.md §2.2);
+#: cloze mode (K rows per question, full-sequence SFT on the gold rows, char-normalised)
 VARIANTS: dict[str, dict[str, Any]] = {
     "rcft-code": {"method": "rcft", "base_loss": "completion", "ece_weighting": "code"},
+    "rcft-cloze": {"method": "rcft", "mode": "cloze", "normalization": "char"},
+    "cogcalib-ls-cloze": {"method": "cogcalib-ls", "mode": "cloze", "normalization": "sum"},
+    "cft-cloze": {"method": "cft", "mode": "cloze"},
 }
 
 
@@ -46,14 +50,16 @@ def run_layouts(
     out_dir: Path,
     layouts: list[tuple[int, int]],
     methods: tuple[str, ...] | None = None,
+    varied: bool = False,
 ) -> dict[str, Any]:
     """Loss, gradients, threshold and E-step of one step per method and (batch, accum).
 
-    ``methods`` defaults to ``$DDP_METHODS`` (comma-separated) or :data:`METHODS`."""
+    ``methods`` defaults to ``$DDP_METHODS`` (comma-separated) or :data:`METHODS`; ``varied``:
+    options of 1–3 words (see :func:`tiny_task`)."""
     if methods is None:
         env = os.environ.get("DDP_METHODS")
         methods = tuple(env.split(",")) if env else METHODS
-    train, cal = tiny_task(8, "t", seed=1), tiny_task(12, "c", seed=2)
+    train, cal = tiny_task(8, "t", 1, varied), tiny_task(12, "c", 2, varied)
     results: dict[str, Any] = {}
     rank = int(os.environ.get("RANK", "0"))
     extra: dict[str, Any] = {"max_grad_norm": 0.0, "save_strategy": "no"}

@@ -31,8 +31,9 @@ def make_tiny_model(target: Path, tokenizer_dir: Path) -> Path:
     return target
 
 
-def tiny_task(n: int, prefix: str = "q", seed: int = 0) -> Task:
-    """``n`` short labelled 4-option questions of varied length."""
+def tiny_task(n: int, prefix: str = "q", seed: int = 0, varied: bool = False) -> Task:
+    """``n`` short labelled 3- and 4-option questions of varied length (``varied``: the options
+    too, 1–3 words, for the cloze tests)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -40,6 +41,9 @@ def tiny_task(n: int, prefix: str = "q", seed: int = 0) -> Task:
     qs = []
     for i in range(n):
         q = " ".join(rng.choice(words, size=2 + i % 5))
-        choices = tuple(str(rng.choice(words)) + f" {j}" for j in range(4 if i % 3 else 3))
+        choices = tuple(
+            " ".join(rng.choice(words, size=1 + (i + j) % 3 if varied else 1)) + f" {j}"
+            for j in range(4 if i % 3 else 3)
+        )
         qs.append(Question(f"{prefix}{i}", f"Which {q}?", choices, int(rng.integers(len(choices)))))
     return Task(f"tiny-{prefix}", qs)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmcal._cliutil import hf_loading, resolve_limit
 from llmcal._io import atomic_write_text, check_writable_dir, loads_json
 from llmcal.errors import ConfigError
 from llmcal.finetune.config import FinetuneConfig, from_preset
 from llmcal.tasks.types import Task
+
+if TYPE_CHECKING:
+    from llmcal.models.base import Mode, Normalization
 
 #: The table printed after training, in this column order.
 EVAL_COLUMNS = ("accuracy", "mean_confidence", "ece15", "ece10", "brier", "nll")
@@ -65,6 +68,8 @@ ARG_FIELDS: dict[str, str] = {
     "seed": "seed",
     "template": "template",
     "letter_sep": "letter_sep",
+    "mode": "mode",
+    "normalization": "normalization",
 }
 
 
@@ -85,6 +90,13 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
             if not value:
                 raise ConfigError("--lora-targets needs at least one module name")
         explicit[name] = value
+    cloze = explicit.get("mode") == "cloze"
+    if "normalization" in explicit and not cloze:
+        raise ConfigError("--normalization applies to cloze mode: add --mode cloze")
+    if "letter_sep" in explicit and cloze:
+        raise ConfigError(
+            "--letter-sep picks the answer-letter token: leave it out with --mode cloze"
+        )
     preset = getattr(args, "preset", None)
     values = dict(explicit)
     if preset is None:
@@ -127,8 +139,11 @@ def evaluate_runs(
     template: str,
     device: str,
     loading: dict[str, Any] | None = None,
+    mode: Mode = "letter",
+    normalization: Normalization = "mean",
 ) -> dict[str, dict[str, float]]:
-    """Letter-mode metrics of the model (with the adapter, if any) on each task."""
+    """Metrics of the model (with the adapter, if any) on each task, scored in ``mode`` (the
+    mode it was trained in)."""
     from llmcal.finetune.run import evaluation_metrics
     from llmcal.models import HFScorer
     from llmcal.progress import progress
@@ -138,7 +153,8 @@ def evaluate_runs(
     rows = {}
     for name, t in tasks.items():
         with progress(len(t), f"evaluating {who} on the {name} split"):
-            rows[name] = evaluation_metrics(scorer.score(t, template=template))
+            scores = scorer.score(t, template=template, mode=mode, normalization=normalization)
+            rows[name] = evaluation_metrics(scores)
     return rows
 
 
@@ -253,8 +269,13 @@ def run_finetune(args: argparse.Namespace, task: Task) -> dict[str, Any]:
         tests = {"test": test}
         note(f"training done ({result.steps} steps); evaluating on {len(test)} test questions")
         template = result.template or config.template
-        before = evaluate_runs(args.model, None, tests, template, args.device, loading)["test"]
-        after = evaluate_runs(args.model, out, tests, template, args.device, loading)["test"]
+        before, after = (
+            evaluate_runs(
+                args.model, adapter, tests, template, args.device, loading,
+                mode=config.mode, normalization=config.normalization,
+            )["test"]
+            for adapter in (None, out)
+        )  # fmt: skip
         rows = {f"{args.model} (before)": before, f"+ {config.method} adapter": after}
         print(eval_table(rows), flush=True)
         summary["evaluation"] = extra["evaluation"] = {"before": before, "after": after}

@@ -171,6 +171,11 @@ class FinetuneConfig:
     #: (seeded); without it a letter SFT can learn the label prior instead of the task
     balance_letters: bool = False
     seed: int = 0
+    #: letter: the K option-letter logits after the prompt (the papers' format); cloze: each
+    #: option's continuation log-likelihood, divided as ``normalization`` says (as
+    #: ``llmcal score --mode cloze``): a K-way softmax over options, K rows per question
+    mode: Literal["letter", "cloze"] = "letter"
+    normalization: Literal["sum", "mean", "char"] = "mean"
     template: str = "daca1"
     #: option-letter token after ``Answer:`` for the cft template: "auto" = the variant (bare
     #: "A" or " A") the model puts more mass on (cft_rcft.md §7.8), "bare" or "space"
@@ -209,6 +214,12 @@ class FinetuneConfig:
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(
                 f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}"
+            )
+        if self.mode not in ("letter", "cloze"):
+            raise ConfigError(f"mode must be 'letter' or 'cloze', got {self.mode!r}")
+        if self.normalization not in ("sum", "mean", "char"):
+            raise ConfigError(
+                f"normalization must be 'sum', 'mean' or 'char', got {self.normalization!r}"
             )
         if self.letter_sep not in ("auto", "bare", "space"):
             raise ConfigError("letter sep must be 'auto', 'bare' or 'space'")

@@ -1,9 +1,14 @@
-"""Questions → prompt + answer-letter training examples, tokenised exactly as HFScorer scores.
+"""Questions → training examples, tokenised exactly as HFScorer scores them.
 
-The prompt is rendered by :meth:`HFScorer.render_letter` and tokenised by
+Letter mode: the prompt is rendered by :meth:`HFScorer.render_letter` and tokenised by
 :meth:`HFScorer.encode`; the answer is the single option-letter token that
 :meth:`HFScorer.option_token_ids` resolves (e.g. ``" A"``), appended explicitly (cft_rcft.md §7.8).
 So the logits at the last prompt position, which the scorer reads, are the ones trained.
+
+Cloze mode: each question becomes one row per option, context + continuation as
+:meth:`HFScorer.cloze_item` splits them; the option's score is its continuation's summed
+log-probability divided as ``--normalization`` says (:func:`~llmcal.models.hf.cloze_divisor`),
+the number ``llmcal score --mode cloze`` gives, and the K scores are the option logits.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from llmcal.tasks.types import Task
 if TYPE_CHECKING:
     import torch
 
+    from llmcal.models.base import Normalization
     from llmcal.models.hf import HFScorer
 
 
@@ -140,13 +146,96 @@ def encode_task(
     return out
 
 
+@dataclass(frozen=True)
+class ClozeFormat:
+    """Cloze mode for one task: the template (its context style), normalisation and K."""
+
+    template: Template
+    normalization: Normalization
+    k: int
+
+
+def encode_cloze_task(
+    scorer: HFScorer,
+    task: Task,
+    fmt: ClozeFormat,
+    max_length: int | None = None,
+    ref_known: dict[str, bool] | None = None,
+) -> list[dict[str, Any]]:
+    """One example per question: context ids, per-option continuation ids and divisors.
+
+    ``max_length`` truncates the context on the left so that the context and its longest
+    continuation fit (the ``Answer:`` end is kept).
+    """
+    from llmcal.models.hf import cloze_divisor
+
+    if task.max_choices > fmt.k:
+        raise ConfigError(
+            f"task {task.name!r} has questions with {task.max_choices} choices but the format "
+            f"was resolved for {fmt.k}"
+        )
+    out = []
+    for q in task:
+        if q.answer is None:
+            raise ConfigError(f"question {q.id!r} has no answer; fine-tuning needs labels")
+        ctx, options = scorer.cloze_item(q, fmt.template)
+        longest = max(len(c) for c, _ in options)
+        if max_length is not None and len(ctx) + longest > max_length:
+            if longest >= max_length:
+                raise ConfigError(
+                    f"question {q.id!r}: an option is {longest} tokens long, more than "
+                    f"--max-length {max_length}; raise it"
+                )
+            ctx = ctx[len(ctx) + longest - max_length :]
+        known = -1 if ref_known is None or q.id not in ref_known else int(ref_known[q.id])
+        out.append(
+            {
+                "context": ctx,
+                "options": [c for c, _ in options],
+                "divisor": [cloze_divisor(len(c), n, fmt.normalization) for c, n in options],
+                "label": q.answer,
+                "n_choices": len(q.choices),
+                "ref_known": known,
+            }
+        )
+    return out
+
+
+def _option_mask(examples: Sequence[dict[str, Any]], k: int) -> torch.Tensor:
+    import torch
+
+    n = torch.tensor([e["n_choices"] for e in examples])
+    return torch.arange(k)[None, :] < n[:, None]
+
+
+def _left_padded(
+    seqs: Sequence[Sequence[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Input ids, attention mask and position ids of left-padded ``seqs`` (as HFScorer)."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
+        mask[r, width - len(s) :] = 1
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def _pairs(mask: torch.Tensor) -> float:
+    """Real (token, next token) pairs: the tokens a full-sequence SFT loss is taken over."""
+    return float((mask[:, 1:] * mask[:, :-1]).sum())
+
+
 class LetterCollator:
     """Left-pads examples and adds everything the losses need.
 
     Batch keys: ``input_ids``, ``attention_mask``, ``position_ids`` (as HFScorer builds them),
     ``answer_pos`` (index of the position whose logits predict the answer letter; the last
-    prompt token), ``answer_token``, ``option_label`` (gold option index), ``option_mask`` ([B, K])
-    and ``ref_known`` (1 / 0 / −1 = untagged).
+    prompt token), ``answer_token``, ``option_label`` (gold option index), ``option_mask`` ([B, K]),
+    ``ref_known`` (1 / 0 / −1 = untagged) and ``counts`` (examples, answer tokens, sequence
+    token pairs: what the losses are normalised by).
     """
 
     def __init__(self, pad_id: int, k: int) -> None:
@@ -156,27 +245,72 @@ class LetterCollator:
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         import torch
 
-        width = max(len(e["input_ids"]) for e in examples)
-        n = len(examples)
-        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        for r, e in enumerate(examples):
-            seq = torch.tensor(e["input_ids"], dtype=torch.long)
-            ids[r, width - len(seq) :] = seq
-            mask[r, width - len(seq) :] = 1
-        option_mask = (
-            torch.arange(self.k)[None, :]
-            < torch.tensor([e["n_choices"] for e in examples])[:, None]
-        )
+        ids, mask, position_ids = _left_padded([e["input_ids"] for e in examples], self.pad_id)
+        n, width = ids.shape
         return {
             "input_ids": ids,
             "attention_mask": mask,
-            "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
+            "position_ids": position_ids,
             "answer_pos": torch.full((n,), width - 2, dtype=torch.long),
             "answer_token": ids[:, -1].clone(),
             "option_label": torch.tensor([e["label"] for e in examples], dtype=torch.long),
-            "option_mask": option_mask,
+            "option_mask": _option_mask(examples, self.k),
             "ref_known": torch.tensor([e.get("ref_known", -1) for e in examples]),
+            "counts": torch.tensor([n, n, _pairs(mask)], dtype=torch.float64),
+        }
+
+
+class ClozeCollator:
+    """One left-padded row per (question, option): context + continuation.
+
+    Batch keys: ``input_ids``, ``attention_mask``, ``position_ids`` ([R, W], R = Σ options),
+    ``cont_mask`` ([R, M], 1 on the continuation tokens, which are each row's last tokens;
+    M = the longest continuation), ``divisor`` ([R]), ``slot`` ([R], b·K + j: where row r's
+    score goes in the [B, K] option logits), ``gold_row`` ([B]), ``option_label``,
+    ``option_mask``, ``ref_known`` and ``counts`` (examples, gold continuation tokens, the gold
+    rows' token pairs).
+    """
+
+    def __init__(self, pad_id: int, k: int) -> None:
+        self.pad_id = pad_id
+        self.k = k
+
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        import torch
+
+        seqs: list[list[int]] = []
+        cont_len: list[int] = []
+        divisor: list[float] = []
+        slot: list[int] = []
+        gold: list[int] = []
+        for b, e in enumerate(examples):
+            for j, cont in enumerate(e["options"]):
+                if j == e["label"]:
+                    gold.append(len(seqs))
+                seqs.append([*e["context"], *cont])
+                cont_len.append(len(cont))
+                divisor.append(e["divisor"][j])
+                slot.append(b * self.k + j)
+        ids, mask, position_ids = _left_padded(seqs, self.pad_id)
+        width = max(cont_len)
+        cont_mask = (torch.arange(width)[None, :] >= width - torch.tensor(cont_len)[:, None]).to(
+            torch.float32
+        )
+        gold_t = torch.tensor(gold, dtype=torch.long)
+        n = len(examples)
+        n_answer = float(sum(cont_len[g] for g in gold))
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": position_ids,
+            "cont_mask": cont_mask,
+            "divisor": torch.tensor(divisor, dtype=torch.float32),
+            "slot": torch.tensor(slot, dtype=torch.long),
+            "gold_row": gold_t,
+            "option_label": torch.tensor([e["label"] for e in examples], dtype=torch.long),
+            "option_mask": _option_mask(examples, self.k),
+            "ref_known": torch.tensor([e.get("ref_known", -1) for e in examples]),
+            "counts": torch.tensor([n, n_answer, _pairs(mask[gold_t])], dtype=torch.float64),
         }
 
 

@@ -118,8 +118,11 @@ def finetune(
     from transformers.trainer_utils import get_last_checkpoint
 
     from llmcal.finetune.data import (
+        ClozeCollator,
+        ClozeFormat,
         LetterCollator,
         balance_letters,
+        encode_cloze_task,
         encode_task,
         letter_format,
         resolve_letter_template,
@@ -150,10 +153,23 @@ def finetune(
     if config.balance_letters:
         train = balance_letters(train, config.seed)
     all_q = Task(train.name, [*train, *(cal or [])])
-    template, masses = resolve_letter_template(scorer, all_q, template, config.letter_sep)
-    fmt = letter_format(scorer, all_q, template)
-    train_ds = ListDataset(encode_task(scorer, train, fmt, config.max_length, ref_known))
-    cal_ds = ListDataset(encode_task(scorer, cal, fmt, config.max_length)) if cal else None
+    pad_id = int(scorer.tokenizer.pad_token_id)
+    masses: dict[str, float] = {}
+    option_ids: list[int] | None = None
+    if config.mode == "cloze":
+        cfmt = ClozeFormat(template, config.normalization, all_q.max_choices)
+        train_ds = ListDataset(encode_cloze_task(scorer, train, cfmt, config.max_length, ref_known))
+        cal_ds = (
+            ListDataset(encode_cloze_task(scorer, cal, cfmt, config.max_length)) if cal else None
+        )
+        collator: Any = ClozeCollator(pad_id, cfmt.k)
+    else:
+        template, masses = resolve_letter_template(scorer, all_q, template, config.letter_sep)
+        fmt = letter_format(scorer, all_q, template)
+        train_ds = ListDataset(encode_task(scorer, train, fmt, config.max_length, ref_known))
+        cal_ds = ListDataset(encode_task(scorer, cal, fmt, config.max_length)) if cal else None
+        collator = LetterCollator(pad_id, fmt.k)
+        option_ids = list(fmt.option_ids)
 
     set_seed(config.seed)
     base = scorer.model
@@ -194,9 +210,10 @@ def finetune(
         model=peft_model,
         args=args,
         train_dataset=train_ds,
-        data_collator=LetterCollator(int(scorer.tokenizer.pad_token_id), fmt.k),
+        data_collator=collator,
         ft_config=config,
-        option_ids=fmt.option_ids,
+        option_ids=option_ids,
+        k=all_q.max_choices,
         cal_dataset=cal_ds,
     )
     trainer.add_callback(StepTimer(trainer))
@@ -238,8 +255,10 @@ def finetune(
             "train_task": train.name,
             "n_train": len(train),
             "n_cal": 0 if cal is None else len(cal),
-            "option_ids": list(fmt.option_ids),
+            "option_ids": option_ids,
             "template": template.name,
+            "mode": config.mode,
+            "normalization": config.normalization if config.mode == "cloze" else None,
             "resumed_from": last,
         }
         _save_adapter(peft_model, out, meta)

@@ -65,6 +65,13 @@ DIAG_KEYS = (
 )
 
 
+def _length(example: dict[str, Any]) -> int:
+    """Tokens of an encoded example (letter: the sequence; cloze: context + longest option)."""
+    if "input_ids" in example:
+        return len(example["input_ids"])
+    return len(example["context"]) + max(len(c) for c in example["options"])
+
+
 class ListDataset(torch.utils.data.Dataset):
     """A map-style dataset over a list of encoded examples."""
 
@@ -87,13 +94,20 @@ class CalibrationTrainer(Trainer):
         self,
         *args: Any,
         ft_config: FinetuneConfig,
-        option_ids: Sequence[int],
+        option_ids: Sequence[int] | None,
+        k: int | None = None,
         cal_dataset: ListDataset | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.ft = ft_config
-        self.option_ids = torch.tensor(list(option_ids), dtype=torch.long)
+        #: letter mode: the option-letter token ids; None: cloze mode with ``k`` options
+        self.option_ids = (
+            None if option_ids is None else torch.tensor(list(option_ids), dtype=torch.long)
+        )
+        if option_ids is None and k is None:
+            raise ValueError("cloze mode needs k (the number of options)")
+        self.k = len(option_ids) if option_ids is not None else int(k or 0)
         self.cal_dataset = cal_dataset
         self.threshold: float | None = None  # CogCalib t; None during style adaptation
         self.initial_known: torch.Tensor | None = None  # D_cal correctness of the initial model
@@ -128,27 +142,67 @@ class CalibrationTrainer(Trainer):
         batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
         local = torch.zeros(3, dtype=torch.float64)
         for b in batches:
-            mask = b["attention_mask"]
-            local[0] += mask.shape[0]
-            local[1] += mask.shape[0]  # one answer token per example
-            local[2] += (mask[:, 1:] * mask[:, :-1]).sum().item()
+            local += b["counts"].cpu().double()  # examples, answer tokens, sequence tokens
         self._counts = self._all_sum(local)
         self._n_micro = max(1, len(batches))
         return batches, torch.tensor(float(self._counts[0]), device=device)
 
     # -- forward passes ------------------------------------------------------------------------
-    def _option_logits(self, logits_at_answer: torch.Tensor) -> torch.Tensor:
-        return logits_at_answer.index_select(-1, self.option_ids.to(logits_at_answer.device))
-
-    def _forward(self, model: Any, inputs: dict[str, torch.Tensor], full: bool) -> torch.Tensor:
+    def _forward(self, model: Any, inputs: dict[str, torch.Tensor], keep: int) -> torch.Tensor:
         out = model(
             input_ids=inputs["input_ids"],
             attention_mask=inputs["attention_mask"],
             position_ids=inputs["position_ids"],
-            logits_to_keep=0 if full else 2,
+            logits_to_keep=keep,
             use_cache=False,
         )
         return out.logits
+
+    def option_scores(
+        self, model: Any, inputs: dict[str, torch.Tensor], sft: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Option logits z [B, K] (float32) and, if ``sft`` is "completion" or "full", the
+        summed token CE of the answer tokens / of every real token of the gold sequence
+        (float64, label-smoothed by ``sft_label_smoothing``)."""
+        eps = self.ft.sft_label_smoothing
+        if self.option_ids is not None:  # letter mode: one forward, logits at the answer
+            logits = self._forward(model, inputs, 0 if sft == "full" else 2)
+            rows = torch.arange(logits.shape[0], device=logits.device)
+            at = inputs["answer_pos"] - (inputs["input_ids"].shape[1] - logits.shape[1])
+            answer_logits = logits[rows, at]
+            z = answer_logits.index_select(-1, self.option_ids.to(logits.device)).float()
+            if sft == "completion":
+                one = torch.ones_like(z[:, :1])
+                tok = L.token_ce_sum(
+                    answer_logits[:, None], inputs["answer_token"][:, None], one, eps
+                )
+                return z, tok.sum()
+            if sft == "full":
+                am = inputs["attention_mask"]
+                weight = (am[:, 1:] * am[:, :-1]).float()
+                ids = inputs["input_ids"]
+                return z, L.token_ce_sum(logits[:, :-1], ids[:, 1:], weight, eps).sum()
+            return z, None
+        # cloze mode: each row's continuation tokens are its last M tokens (left padding)
+        cont_mask = inputs["cont_mask"]
+        width = cont_mask.shape[1]
+        logits = self._forward(model, inputs, 0 if sft == "full" else width + 1)
+        ids = inputs["input_ids"]
+        pred = logits[:, -width - 1 : -1].float()  # positions predicting the last M tokens
+        target = ids[:, -width:]
+        token_lp = pred.gather(-1, target[..., None])[..., 0] - torch.logsumexp(pred, -1)
+        score = (token_lp * cont_mask).sum(-1) / inputs["divisor"]
+        n, k = inputs["option_label"].shape[0], inputs["option_mask"].shape[1]
+        z = torch.zeros(n * k, dtype=score.dtype, device=score.device)
+        z = z.index_copy(0, inputs["slot"], score).view(n, k)
+        gold = inputs["gold_row"]
+        if sft == "completion":
+            return z, L.token_ce_sum(pred[gold], target[gold], cont_mask[gold], eps).sum()
+        if sft == "full":
+            am = inputs["attention_mask"][gold]
+            weight = (am[:, 1:] * am[:, :-1]).float()
+            return z, L.token_ce_sum(logits[gold, :-1], ids[gold, 1:], weight, eps).sum()
+        return z, None
 
     @torch.no_grad()
     def dataset_option_logits(
@@ -167,22 +221,20 @@ class CalibrationTrainer(Trainer):
         collate = self.data_collator
         zs, ys, ms = [], [], []
         bs = self.args.per_device_train_batch_size
-        order = sorted(idx, key=lambda i: -len(dataset[i]["input_ids"]))
+        order = sorted(idx, key=lambda i: -_length(dataset[i]))
         shown = self.is_world_process_zero()
         with progress(len(order), f"{desc} (step {self.state.global_step})", enabled=shown) as bar:
             for start in range(0, len(order), bs):
                 batch = collate([dataset[i] for i in order[start : start + bs]])
                 batch = {k: v.to(self.args.device) for k, v in batch.items()}
-                logits = self._forward(model, batch, full=False)
-                at = batch["answer_pos"] - (batch["input_ids"].shape[1] - logits.shape[1])
-                z = self._option_logits(logits[torch.arange(logits.shape[0]), at])
+                z, _ = self.option_scores(model, batch)
                 zs.append(z.float().cpu())
                 ys.append(batch["option_label"].cpu())
                 ms.append(batch["option_mask"].cpu())
                 bar.update(len(order[start : start + bs]))
         if was_training:
             model.train()
-        k = len(self.option_ids)
+        k = self.k
         if not zs:
             return torch.zeros(0, k), torch.zeros(0, dtype=torch.long), torch.zeros(0, k).bool()
         return torch.cat(zs), torch.cat(ys), torch.cat(ms)
@@ -256,44 +308,23 @@ class CalibrationTrainer(Trainer):
         """Σ per-example terms / global counts × world size (see module docstring)."""
         ft = self.ft
         counts = self._counts
-        if float(counts[0]) == 0:  # called outside the training loop: local normalisation
-            mask = inputs["attention_mask"]
-            counts = torch.tensor(
-                [mask.shape[0], mask.shape[0], float((mask[:, 1:] * mask[:, :-1]).sum())],
-                dtype=torch.float64,
-            )
         code = ft.regulariser == "ece" and ft.ece_weighting == "code"
+        if float(counts[0]) == 0 or code:
+            # outside the training loop: local normalisation; code: the authors' per-device
+            # means (see the module docstring)
+            counts = inputs["counts"].cpu().double()
         sft_w = ft.sft_weight
-        full = ft.loss == "full" and sft_w > 0
-        logits = self._forward(model, inputs, full=full)
-        rows = torch.arange(logits.shape[0], device=logits.device)
-        at = inputs["answer_pos"] - (inputs["input_ids"].shape[1] - logits.shape[1])
-        answer_logits = logits[rows, at]
-        z = self._option_logits(answer_logits).float()
+        token_sft = ft.loss if ft.loss != "option" and sft_w > 0 else None
+        z, tok = self.option_scores(model, inputs, token_sft)
         y, omask = inputs["option_label"], inputs["option_mask"]
         nll = L.option_nll(z, y, omask)
 
-        am = inputs["attention_mask"]
-        if code:  # the authors' per-device means (see the module docstring)
-            local = [am.shape[0], am.shape[0], float((am[:, 1:] * am[:, :-1]).sum())]
-            counts = torch.tensor(local, dtype=torch.float64)
         if sft_w == 0:
             loss = torch.zeros((), dtype=torch.float64, device=z.device)
-        elif ft.loss == "option":
+        elif tok is None:  # the option CE
             loss = nll.double().sum() / float(counts[0])
-        elif ft.loss == "completion":
-            tok = L.token_ce_sum(
-                answer_logits[:, None, :],
-                inputs["answer_token"][:, None],
-                torch.ones_like(nll)[:, None],
-                ft.sft_label_smoothing,
-            )
-            loss = tok.sum() / float(counts[1])
-        else:  # full sequence (RCFT's SFT2): every real token after the first
-            ids = inputs["input_ids"]
-            weight = (am[:, 1:] * am[:, :-1]).float()
-            tok = L.token_ce_sum(logits[:, :-1], ids[:, 1:], weight, ft.sft_label_smoothing)
-            loss = tok.sum() / float(counts[2])
+        else:  # completion: the answer tokens; full (RCFT's SFT2): every real token after the first
+            loss = tok / float(counts[1 if ft.loss == "completion" else 2])
         loss = sft_w * loss
 
         gate = torch.ones_like(nll)

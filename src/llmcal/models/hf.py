@@ -22,6 +22,7 @@ exactly what it would alone (up to float rounding).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
 from collections.abc import Iterator, Sequence
@@ -168,6 +169,16 @@ def length_batches(lengths: Sequence[int], max_items: int) -> Iterator[list[int]
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     for start in range(0, len(order), max_items):
         yield order[start : start + max_items]
+
+
+def cloze_divisor(n_tokens: int, n_chars: int, how: Normalization) -> float:
+    """What a continuation's summed log-probability is divided by: 1 (``sum``), its token
+    count (``mean``) or its length in characters (``char``, lm-eval's ``acc_norm``)."""
+    if how == "sum":
+        return 1.0
+    if how == "mean":
+        return float(n_tokens)
+    return float(max(1, n_chars))
 
 
 SHARED_PREFIX_MIN = 8  # tokens a batch must share before they are run once for all rows
@@ -405,6 +416,35 @@ class HFScorer:
                 f"{str(exc).splitlines()[0] if str(exc) else ''}"
             ) from exc
 
+    def _check_adapter_mode(self, mode: Mode, normalization: Normalization) -> None:
+        """Warn (once per scorer) when an ``llmcal finetune`` adapter is scored in another mode
+        than it was trained in: its numbers are then not the ones it was trained for."""
+        if self.adapter is None or getattr(self, "_adapter_mode_checked", False):
+            return
+        self._adapter_mode_checked = True
+        record = Path(str(self.adapter)) / "llmcal_finetune.json"
+        try:
+            meta = json.loads(record.read_text())
+        except (OSError, ValueError):
+            return  # not an llmcal adapter, or no record: nothing to compare
+        trained = meta.get("mode", "letter")
+        if not isinstance(trained, str):
+            return
+        want = trained + (f" ({meta.get('normalization')})" if trained == "cloze" else "")
+        got = mode + (f" ({normalization})" if mode == "cloze" else "")
+        if want != got:
+            from llmcal._cliutil import warn
+
+            flags = (
+                "--mode letter"
+                if trained == "letter"
+                else (f"--mode cloze --normalization {meta.get('normalization')}")
+            )
+            warn(
+                f"adapter {self.adapter} was trained in {want} mode but is scored in {got} mode; "
+                f"score it with {flags}"
+            )
+
     # -- public API ---------------------------------------------------------------------------
     def score(
         self,
@@ -417,6 +457,7 @@ class HFScorer:
     ) -> Scores:
         """Score every question of ``task``; see the module docstring for the modes."""
         tmpl = check_request(task, mode, template, normalization, shots)
+        self._check_adapter_mode(mode, normalization)
         if mode == "letter":
             rows, extra = self._score_letter(task, tmpl, shots)
         else:
@@ -615,6 +656,24 @@ class HFScorer:
             raise ModelError(f"continuation {continuation!r} encodes to no tokens")
         return ctx, cont
 
+    def cloze_item(
+        self, q: Question, tmpl: Template, shots: Sequence[Question] = ()
+    ) -> tuple[list[int], list[tuple[list[int], int]]]:
+        """One question as cloze mode scores it: the context ids and, per option, the
+        continuation ids and the continuation's length in characters."""
+        context, conts = tmpl.cloze(q, shots)
+        if tmpl.chat:
+            context = self.render_letter(
+                Question(q.id, q.question, q.choices, context=q.context), tmpl
+            )
+            conts = [c.lstrip() for c in conts]
+        options = []
+        ctx_ids: list[int] = []
+        for cont in conts:
+            ctx_ids, cont_ids = self.encode_cloze(context, cont, tmpl.chat)
+            options.append((cont_ids, len(cont)))
+        return ctx_ids, options
+
     def _score_cloze(
         self,
         task: Task,
@@ -622,21 +681,7 @@ class HFScorer:
         normalization: Normalization,
         shots: Sequence[Question] = (),
     ) -> tuple[list[list[float]], dict[str, Any]]:
-        # per question: the shared context ids and, per option, (continuation ids, n_chars)
-        items: list[tuple[list[int], list[tuple[list[int], int]]]] = []
-        for q in task:
-            context, conts = tmpl.cloze(q, shots)
-            if tmpl.chat:
-                context = self.render_letter(
-                    Question(q.id, q.question, q.choices, context=q.context), tmpl
-                )
-                conts = [c.lstrip() for c in conts]
-            options = []
-            ctx_ids: list[int] = []
-            for cont in conts:
-                ctx_ids, cont_ids = self.encode_cloze(context, cont, tmpl.chat)
-                options.append((cont_ids, len(cont)))
-            items.append((ctx_ids, options))
+        items = [self.cloze_item(q, tmpl, shots) for q in task]
         rows: list[list[float]] = [[] for _ in task]
         prefix = self._shared_prefix([c for c, _ in items])
         with self._bar(len(task)) as bar:
@@ -890,11 +935,7 @@ class HFScorer:
 
     @staticmethod
     def _normalize(logp: float, n_tokens: int, n_chars: int, how: Normalization) -> float:
-        if how == "sum":
-            return logp
-        if how == "mean":
-            return logp / n_tokens
-        return logp / max(1, n_chars)
+        return logp / cloze_divisor(n_tokens, n_chars, how)
 
     # -- the forward pass ---------------------------------------------------------------------
     def _left_pad(
