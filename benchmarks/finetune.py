@@ -526,7 +526,7 @@ def study_feasibility(sp: dict[str, Task]) -> dict[str, Any] | None:
 
 
 def step_times(sp: dict[str, Task]) -> Any:
-    """Seconds per optimizer step of each method on one fixed batch (SmolLM2).
+    """Seconds per optimizer step of each method on one fixed batch (SmolLM2, cloze).
 
     The machine is shared, so the methods are interleaved over ``time_rounds`` rounds of
     ``time_steps`` steps each and the fastest step after the first of each run is kept.
@@ -549,6 +549,7 @@ def step_times(sp: dict[str, Task]) -> Any:
                     refresh_every=100,
                     lora_targets=list(SIZES["targets"]),
                     logging_steps=100,
+                    **FORMAT,
                 )
                 res = finetune(
                     SMOL,
@@ -563,7 +564,7 @@ def step_times(sp: dict[str, Task]) -> Any:
         shutil.rmtree(ADAPTERS / "tmp-step", ignore_errors=True)
         return out
 
-    return _cached("step-times-interleaved", run)
+    return _cached("cloze-step-times", run)
 
 
 # -- statistics ---------------------------------------------------------------------------------
@@ -735,16 +736,23 @@ def render(results: dict[str, Any]) -> str:
     parts = [
         f"# Calibration-aware fine-tuning ({s['profile']} profile)",
         "",
-        f"LoRA r = {s['lora_r']} (α = {2 * s['lora_r']}) on {', '.join(s['targets'])} (study 2: "
-        f"all linear layers), AdamW lr {s['lr']}, linear schedule, {s['epochs']} epoch(s) × "
-        f"batch {s['batch']}; train / cal / test = {n['train']} / {n['cal']} / {n['test']} "
-        f"questions pooled from {', '.join(IN_DOMAIN)} (4 options, ≤ {s['max_chars']} "
-        f"characters, split seed 0), OOD = {n['ood']} MMLU questions "
-        f"({', '.join(OOD_SUBJECTS)}); every split and every training set has its answer "
-        "letters balanced. Accuracy and ECE in %, ECE with 15 and 10 equal-width bins; Brier "
-        f"(sum over options) and NLL raw. Mean ± std over training seeds {seeds} (ablations: "
-        f"seed {', '.join(map(str, s['ablation_seeds']))}). TS = one temperature fitted on "
-        "the cal split. CIs: 95 % percentile bootstrap over test questions "
+        "Format: **cloze** for studies 1–3 — each option is scored as the continuation of "
+        "`Question: … Answer:`, its mean token log-probability over the full vocabulary is the "
+        "option's logit, and training and scoring use the same K-way softmax (`llmcal finetune "
+        "--mode cloze`, `llmcal score --mode cloze`). The papers use the answer-letter format; "
+        "at 135M–270M parameters vanilla letter SFT never left chance here (study 0), while in "
+        "cloze format both bundled models start well above it.",
+        "",
+        f"Model: SmolLM2-135M-Instruct for every study (Gemma-3-270M's 262k-token head makes a "
+        f"cloze step about 2× as slow on this CPU). LoRA r = {s['lora_r']} (α = "
+        f"{2 * s['lora_r']}) on {', '.join(s['targets'])}, AdamW lr {s['lr']}, linear schedule, "
+        f"{s['epochs']} epoch(s) × batch {s['batch']}; train / cal / test = {n['train']} / "
+        f"{n['cal']} / {n['test']} questions pooled from {', '.join(IN_DOMAIN)} (4 options, ≤ "
+        f"{s['max_chars']} characters, split seed 0), OOD = {n['ood']} MMLU questions "
+        f"({', '.join(OOD_SUBJECTS)}). Accuracy and ECE in %, ECE with 15 and 10 equal-width "
+        f"bins; Brier (sum over options) and NLL raw. Mean ± std over training seeds {seeds} "
+        f"(ablations: seed {', '.join(map(str, s['ablation_seeds']))}). TS = one temperature "
+        "fitted on the cal split. CIs: 95 % percentile bootstrap over test questions "
         f"({s['resamples']} resamples, the same draw for every seed, the statistic averaged "
         "over seeds); Δ and p: the paired bootstrap of method − reference on the same "
         "questions and seeds (p two-sided).",
@@ -755,21 +763,24 @@ def render(results: dict[str, Any]) -> str:
     if "cogcalib" in results:
         st = results["cogcalib"]
         parts += [
-            "## 1. CogCalib on Gemma-3-270M (pre-trained base)",
+            "## 1. CogCalib on SmolLM2-135M-Instruct (cloze)",
             "",
             f"CogCalib: {s['style_steps']} style-adaptation steps of plain CE, then the threshold "
             "t (Youden's J on the cal split, current-model labels), refreshed at every epoch end "
             "and at most every 500 steps (cogcalib.md §3). α: LS 0.111 (ε = 0.1), MbLS 0.1 "
-            "(m = 10), ECP 0.1.",
+            "(m = 10), ECP 0.1. Known share of the training set (the untrained model answers "
+            f"zero-shot correctly, cloze): {100 * st['known_share']:.1f} %.",
             "",
         ]
-        k = st.get("knowledge")
-        if k:
-            c = k["counts"]
+        if "sft" in st["runs"]:
+            b = seed_mean_ci([st["base"]], "test", "accuracy")
+            v = seed_mean_ci(st["runs"]["sft"], "test", "accuracy")
             parts += [
-                f"Training-set knowledge (SliCK-style, {k['settings']['n_prompts']} prompts × "
-                f"{k['settings']['shots']} shots, greedy + T = 0.5 sampling): known share "
-                f"{100 * k['known_share']:.1f} % ({', '.join(f'{v} {n_}' for n_, v in c.items())}).",
+                "Above chance (25 %) on the in-domain test split: untrained "
+                "{:.1f} [{:.1f}, {:.1f}] %, vanilla SFT {:.1f} [{:.1f}, {:.1f}] % ".format(
+                    *(100 * x for x in (*b, *v))
+                )
+                + f"(mean of {len(st['runs']['sft'])} seed(s), 95 % bootstrap CI).",
                 "",
             ]
         parts += [
@@ -791,12 +802,13 @@ def render(results: dict[str, Any]) -> str:
     if "cft" in results:
         st = results["cft"]
         parts += [
-            "## 2. CFT / RCFT on SmolLM2-135M-Instruct (aligned)",
+            "## 2. CFT / RCFT on SmolLM2-135M-Instruct (aligned, cloze)",
             "",
-            f"Text format: cft_rcft.md §4.1 (template `{st['template']}`, the letter variant with "
-            "more mass after `### Answer:`). CFT = completion-only SFT of the answer letter; "
-            "RCFT = full-sequence SFT (SFT2) + λ·L_ECE, E-step every epoch; LoRA on all linear "
-            "layers.",
+            "CFT = completion-only SFT (the gold option's continuation tokens); RCFT = "
+            "full-sequence SFT of the gold row (SFT2) + λ·L_ECE on the K-way option "
+            "probabilities, E-step every epoch; LoRA on all linear layers. In cloze format the "
+            "CFT `### Question … ### Answer:` letter prompt does not apply: the options are "
+            "continuations of `Question: … Answer:`.",
             "",
             _study_table(st, ("test", "ood"), "aligned as-is"),
             "",
@@ -808,26 +820,37 @@ def render(results: dict[str, Any]) -> str:
     if "mix" in results:
         mix = results["mix"]
         parts += [
-            "## 3. Known vs unknown training data (Gemma-3-270M, vanilla SFT)",
+            "## 3. Known vs unknown training data (SmolLM2, cloze, vanilla SFT)",
             "",
-            f"Known = the base model answers correctly zero-shot ({mix['n_known_in_pool']} of "
-            f"{mix['n_pool']} pool questions). {mix['n_each']} training questions per mixture, "
-            f"{s['mix_epochs']} epoch(s); in-domain test.",
+            f"Known = the untrained model answers correctly zero-shot ({mix['n_known_in_pool']} "
+            f"of {mix['n_pool']} pool questions). {mix['n_each']} training questions per "
+            f"mixture, {s['mix_epochs']} epoch(s); in-domain test; mean ± std over seeds. In "
+            "cloze format each option is scored on its own, so the answer letter cannot matter "
+            "to the model: the mixtures differ in knowledge only.",
             "",
             md_table(
-                ["training mix", "accuracy", "mean conf", "ECE15 [95 % CI]", "Brier", "NLL"],
+                [
+                    "training mix",
+                    "seeds",
+                    "accuracy",
+                    "mean conf",
+                    "ECE15 [95 % CI]",
+                    "Brier",
+                    "NLL",
+                ],
                 [
                     [
                         name,
-                        f"{r['metrics']['test']['accuracy'] * 100:.2f}",
-                        f"{r['metrics']['test']['mean_confidence'] * 100:.2f}",
+                        str(len(recs)),
+                        _fmt([r["metrics"]["test"]["accuracy"] for r in recs]),
+                        _fmt([r["metrics"]["test"]["mean_confidence"] for r in recs]),
                         "{:.2f} [{:.2f}, {:.2f}]".format(
-                            *(100 * v for v in seed_mean_ci([r], "test", "ece15"))
+                            *(100 * v for v in seed_mean_ci(recs, "test", "ece15"))
                         ),
-                        f"{r['metrics']['test']['brier']:.4f}",
-                        f"{r['metrics']['test']['nll']:.4f}",
+                        _fmt([r["metrics"]["test"]["brier"] for r in recs], pct=False),
+                        _fmt([r["metrics"]["test"]["nll"] for r in recs], pct=False),
                     ]
-                    for name, r in mix["runs"].items()
+                    for name, recs in mix["runs"].items()
                 ],
             ),
             "",

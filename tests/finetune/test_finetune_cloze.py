@@ -97,8 +97,9 @@ def test_hand_option_logits_are_the_scorers_cloze_scores(hand: dict[str, Any], h
         np.testing.assert_allclose(got, want - np.logaddexp.reduce(want), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("layout", ["packed", "rows"])
 def test_cloze_losses_match_the_hand_computation(
-    tiny_model: Path, tmp_path: Path, hand: dict[str, Any]
+    tiny_model: Path, tmp_path: Path, hand: dict[str, Any], layout: str
 ) -> None:
     rows, train = hand["rows"], hand["train"]
 
@@ -123,7 +124,7 @@ def test_cloze_losses_match_the_hand_computation(
         "full": ({"base_loss": "full"}, sum(every) / len(every)),
     }
     for name, (settings, value) in want.items():
-        got = _logged_loss(tiny_model, tmp_path / name, train, **settings)
+        got = _logged_loss(tiny_model, tmp_path / name, train, cloze_layout=layout, **settings)
         assert got == pytest.approx(value, rel=2e-6), name
     assert option_ce("sum") != pytest.approx(option_ce("mean"), rel=1e-3)
 
@@ -215,3 +216,22 @@ def test_cloze_flag_mistakes_are_user_errors(
     code, _, err = run(capsys, *args, "--max-steps", "1", *extra)
     assert_user_error(code, err, fragment)
     assert not out.exists()
+
+
+def test_layout_falls_back_to_rows_where_a_4d_mask_would_be_wrong() -> None:
+    from types import SimpleNamespace
+
+    from llmcal.finetune.data import cloze_layout
+
+    examples = [{"context": [1] * 30, "options": [[2] * 5, [3] * 4]}]  # 39 packed tokens
+
+    def model(attn: str, window: int | None) -> Any:
+        return SimpleNamespace(
+            config=SimpleNamespace(_attn_implementation=attn, sliding_window=window)
+        )
+
+    assert cloze_layout(model("sdpa", None), examples) == "packed"
+    assert cloze_layout(model("eager", 64), examples) == "packed"
+    assert cloze_layout(model("sdpa", 32), examples) == "rows"  # the window would be ignored
+    assert cloze_layout(model("flash_attention_2", None), examples) == "rows"
+    assert cloze_layout(model("flash_attention_2", None), examples, "packed") == "packed"

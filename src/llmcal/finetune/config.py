@@ -176,6 +176,9 @@ class FinetuneConfig:
     #: ``llmcal score --mode cloze``): a K-way softmax over options, K rows per question
     mode: Literal["letter", "cloze"] = "letter"
     normalization: Literal["sum", "mean", "char"] = "mean"
+    #: cloze batches: "packed" (one row per question, a 4-D mask), "rows" (one per option) or
+    #: "auto" (packed where the attention allows it); the numbers are the same
+    cloze_layout: Literal["auto", "packed", "rows"] = "auto"
     template: str = "daca1"
     #: option-letter token after ``Answer:`` for the cft template: "auto" = the variant (bare
     #: "A" or " A") the model puts more mass on (cft_rcft.md §7.8), "bare" or "space"
@@ -221,6 +224,8 @@ class FinetuneConfig:
             raise ConfigError(
                 f"normalization must be 'sum', 'mean' or 'char', got {self.normalization!r}"
             )
+        if self.cloze_layout not in ("auto", "packed", "rows"):
+            raise ConfigError("cloze layout must be 'auto', 'packed' or 'rows'")
         if self.letter_sep not in ("auto", "bare", "space"):
             raise ConfigError("letter sep must be 'auto', 'bare' or 'space'")
         if self.ece_only and self.regulariser != "ece":

@@ -201,6 +201,21 @@ def encode_cloze_task(
     return out
 
 
+def cloze_layout(model: Any, examples: Sequence[dict[str, Any]], asked: str = "auto") -> str:
+    """``"packed"`` where the model takes a custom 4-D mask over the whole packed row (eager or
+    SDPA attention, no sliding window shorter than the longest packed question), else ``"rows"``;
+    ``asked`` other than ``"auto"`` is taken as it is."""
+    if asked != "auto":
+        return asked
+    config = getattr(model, "config", None)
+    attn = getattr(config, "_attn_implementation", "eager") or "eager"
+    window = getattr(config, "sliding_window", None)
+    longest = max(len(e["context"]) + sum(len(o) for o in e["options"]) for e in examples)
+    if attn not in ("eager", "sdpa") or (window is not None and longest > int(window)):
+        return "rows"
+    return "packed"
+
+
 def _option_mask(examples: Sequence[dict[str, Any]], k: int) -> torch.Tensor:
     import torch
 
@@ -260,58 +275,151 @@ class LetterCollator:
         }
 
 
-class ClozeCollator:
-    """One left-padded row per (question, option): context + continuation.
+def _padded(rows: Sequence[Sequence[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded [len(rows), width] long tensor and its 0/1 float mask."""
+    import torch
 
-    Batch keys: ``input_ids``, ``attention_mask``, ``position_ids`` ([R, W], R = Σ options),
-    ``cont_mask`` ([R, M], 1 on the continuation tokens, which are each row's last tokens;
-    M = the longest continuation), ``divisor`` ([R]), ``slot`` ([R], b·K + j: where row r's
-    score goes in the [B, K] option logits), ``gold_row`` ([B]), ``option_label``,
-    ``option_mask``, ``ref_known`` and ``counts`` (examples, gold continuation tokens, the gold
-    rows' token pairs).
+    out = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.float32)
+    for r, x in enumerate(rows):
+        out[r, : len(x)] = torch.tensor(list(x), dtype=torch.long)
+        mask[r, : len(x)] = 1.0
+    return out, mask
+
+
+class ClozeCollator:
+    """Cloze batches: every option's continuation tokens and where they are predicted.
+
+    ``layout="packed"`` (default): one row per question, the context followed by all its
+    options, with a 4-D attention mask under which each option sees the context and itself
+    only, and positions that restart after the context for every option — the same numbers as
+    one ``context + option`` sequence per option, for about a third of the tokens. Models
+    whose attention is windowed (Gemma's sliding layers) take ``layout="rows"``: one ordinary
+    left-padded row per (question, option).
+
+    Batch keys: ``input_ids``, ``attention_mask`` ([N, W], or [N, 1, W, W] additive when
+    packed), ``position_ids``; per option r of the batch: ``opt_row`` ([R]: its input row),
+    ``opt_pos`` / ``opt_tgt`` / ``opt_mask`` ([R, M]: the absolute positions predicting its
+    tokens, the tokens, 1 on real ones), ``divisor``, ``slot`` (b·K + j: its place in the
+    [B, K] option logits); ``gold_opt`` ([B]: the gold option's r); ``full_row`` /
+    ``full_pos`` / ``full_tgt`` / ``full_mask``: every (position, next token) pair of the gold
+    sequence (context + gold option), for the full-sequence SFT; ``keep`` (the number of last
+    positions holding every ``opt_pos``); ``option_label``, ``option_mask``, ``ref_known`` and
+    ``counts`` (examples, gold continuation tokens, gold-sequence pairs).
     """
 
-    def __init__(self, pad_id: int, k: int) -> None:
+    def __init__(self, pad_id: int, k: int, layout: str = "packed") -> None:
+        if layout not in ("packed", "rows"):
+            raise ValueError(f"layout must be 'packed' or 'rows', got {layout!r}")
         self.pad_id = pad_id
         self.k = k
+        self.layout = layout
 
-    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
         seqs: list[list[int]] = []
-        cont_len: list[int] = []
+        positions: list[list[int]] = []
+        # per option: input row, (position, target) pairs as offsets from the row's start
+        opts: list[tuple[int, list[int], list[int]]] = []
+        full: list[tuple[int, list[int], list[int]]] = []
         divisor: list[float] = []
         slot: list[int] = []
         gold: list[int] = []
         for b, e in enumerate(examples):
+            ctx = list(e["context"])
+            c = len(ctx)
+            packed = self.layout == "packed"
+            if packed:
+                seqs.append(ctx + [t for o in e["options"] for t in o])
+                positions.append(
+                    list(range(c)) + [c + t for o in e["options"] for t in range(len(o))]
+                )
+            start = c
             for j, cont in enumerate(e["options"]):
+                if not packed:
+                    seqs.append(ctx + list(cont))
+                    positions.append(list(range(c + len(cont))))
+                    start = c
+                row = len(seqs) - 1
+                pos = [c - 1] + [start + t for t in range(len(cont) - 1)]
                 if j == e["label"]:
-                    gold.append(len(seqs))
-                seqs.append([*e["context"], *cont])
-                cont_len.append(len(cont))
+                    gold.append(len(opts))
+                    full.append((row, list(range(c - 1)) + pos, ctx[1:] + list(cont)))
+                opts.append((row, pos, list(cont)))
                 divisor.append(e["divisor"][j])
                 slot.append(b * self.k + j)
-        ids, mask, position_ids = _left_padded(seqs, self.pad_id)
-        width = max(cont_len)
-        cont_mask = (torch.arange(width)[None, :] >= width - torch.tensor(cont_len)[:, None]).to(
-            torch.float32
-        )
-        gold_t = torch.tensor(gold, dtype=torch.long)
+                start += len(cont)
+        width = max(len(x) for x in seqs)
+        pad = [width - len(x) for x in seqs]
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        position_ids = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, x in enumerate(seqs):
+            ids[r, pad[r] :] = torch.tensor(x, dtype=torch.long)
+            position_ids[r, pad[r] :] = torch.tensor(positions[r], dtype=torch.long)
+        if self.layout == "packed":
+            attention: torch.Tensor = self._packed_mask(examples, width, pad)
+        else:
+            attention = (torch.arange(width)[None, :] >= torch.tensor(pad)[:, None]).long()
+
+        def gather(items: list[tuple[int, list[int], list[int]]]) -> list[torch.Tensor]:
+            rows = torch.tensor([r for r, _, _ in items], dtype=torch.long)
+            n = max(len(p) for _, p, _ in items)
+            # padding entries repeat the first position: a valid index wherever it is read
+            pos, mask = _padded([[pad[r] + q for q in p] for r, p, _ in items], n)
+            pos = torch.where(mask > 0, pos, pos[:, :1])
+            tgt, _ = _padded([t for _, _, t in items], n)
+            return [rows, pos, tgt, mask]
+
+        opt_row, opt_pos, opt_tgt, opt_mask = gather(opts)
+        full_row, full_pos, full_tgt, full_mask = gather(full)
+        keep = width - int(opt_pos.min())
         n = len(examples)
-        n_answer = float(sum(cont_len[g] for g in gold))
+        n_answer = float(sum(len(opts[g][2]) for g in gold))
         return {
             "input_ids": ids,
-            "attention_mask": mask,
+            "attention_mask": attention,
             "position_ids": position_ids,
-            "cont_mask": cont_mask,
+            "opt_row": opt_row,
+            "opt_pos": opt_pos,
+            "opt_tgt": opt_tgt,
+            "opt_mask": opt_mask,
             "divisor": torch.tensor(divisor, dtype=torch.float32),
             "slot": torch.tensor(slot, dtype=torch.long),
-            "gold_row": gold_t,
+            "gold_opt": torch.tensor(gold, dtype=torch.long),
+            "full_row": full_row,
+            "full_pos": full_pos,
+            "full_tgt": full_tgt,
+            "full_mask": full_mask,
+            "keep": torch.tensor(keep, dtype=torch.long),
             "option_label": torch.tensor([e["label"] for e in examples], dtype=torch.long),
             "option_mask": _option_mask(examples, self.k),
             "ref_known": torch.tensor([e.get("ref_known", -1) for e in examples]),
-            "counts": torch.tensor([n, n_answer, _pairs(mask[gold_t])], dtype=torch.float64),
+            "counts": torch.tensor([n, n_answer, float(full_mask.sum())], dtype=torch.float64),
         }
+
+    @staticmethod
+    def _packed_mask(
+        examples: Sequence[dict[str, Any]], width: int, pad: list[int]
+    ) -> torch.Tensor:
+        """Additive [B, 1, W, W] mask: causal within the context, each option on the context
+        and its own earlier tokens; every position sees itself (pads stay finite)."""
+        import torch
+
+        seg = torch.full((len(examples), width), -1, dtype=torch.long)  # -1 pad, 0 ctx, j+1
+        for b, e in enumerate(examples):
+            at = pad[b] + len(e["context"])
+            seg[b, pad[b] : at] = 0
+            for j, cont in enumerate(e["options"]):
+                seg[b, at : at + len(cont)] = j + 1
+                at += len(cont)
+        q, k = seg[:, :, None], seg[:, None, :]
+        causal = torch.ones(width, width, dtype=torch.bool).tril()[None]
+        allowed = causal & (k >= 0) & ((k == 0) | (k == q)) & (q >= 0)
+        allowed |= torch.eye(width, dtype=torch.bool)[None]
+        mask = torch.zeros(allowed.shape, dtype=torch.float32)
+        mask.masked_fill_(~allowed, torch.finfo(torch.float32).min)
+        return mask[:, None]
 
 
 def balance_letters(task: Task, seed: int = 0) -> Task:

@@ -122,6 +122,7 @@ def finetune(
         ClozeFormat,
         LetterCollator,
         balance_letters,
+        cloze_layout,
         encode_cloze_task,
         encode_task,
         letter_format,
@@ -162,7 +163,9 @@ def finetune(
         cal_ds = (
             ListDataset(encode_cloze_task(scorer, cal, cfmt, config.max_length)) if cal else None
         )
-        collator: Any = ClozeCollator(pad_id, cfmt.k)
+        every = train_ds.examples + (cal_ds.examples if cal_ds else [])
+        layout = cloze_layout(scorer.model, every, config.cloze_layout)
+        collator: Any = ClozeCollator(pad_id, cfmt.k, layout)
     else:
         template, masses = resolve_letter_template(scorer, all_q, template, config.letter_sep)
         fmt = letter_format(scorer, all_q, template)

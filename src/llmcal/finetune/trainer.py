@@ -183,25 +183,24 @@ class CalibrationTrainer(Trainer):
                 ids = inputs["input_ids"]
                 return z, L.token_ce_sum(logits[:, :-1], ids[:, 1:], weight, eps).sum()
             return z, None
-        # cloze mode: each row's continuation tokens are its last M tokens (left padding)
-        cont_mask = inputs["cont_mask"]
-        width = cont_mask.shape[1]
-        logits = self._forward(model, inputs, 0 if sft == "full" else width + 1)
+        # cloze mode: gather the positions predicting each option's tokens (ClozeCollator)
         ids = inputs["input_ids"]
-        pred = logits[:, -width - 1 : -1].float()  # positions predicting the last M tokens
-        target = ids[:, -width:]
+        logits = self._forward(model, inputs, 0 if sft == "full" else int(inputs["keep"]))
+        shift = ids.shape[1] - logits.shape[1]  # absolute position → kept column
+        pred = logits[inputs["opt_row"][:, None], inputs["opt_pos"] - shift].float()  # R, M, V
+        target, mask = inputs["opt_tgt"], inputs["opt_mask"]
         token_lp = pred.gather(-1, target[..., None])[..., 0] - torch.logsumexp(pred, -1)
-        score = (token_lp * cont_mask).sum(-1) / inputs["divisor"]
+        score = (token_lp * mask).sum(-1) / inputs["divisor"]
         n, k = inputs["option_label"].shape[0], inputs["option_mask"].shape[1]
         z = torch.zeros(n * k, dtype=score.dtype, device=score.device)
         z = z.index_copy(0, inputs["slot"], score).view(n, k)
-        gold = inputs["gold_row"]
         if sft == "completion":
-            return z, L.token_ce_sum(pred[gold], target[gold], cont_mask[gold], eps).sum()
+            gold = inputs["gold_opt"]
+            return z, L.token_ce_sum(pred[gold], target[gold], mask[gold], eps).sum()
         if sft == "full":
-            am = inputs["attention_mask"][gold]
-            weight = (am[:, 1:] * am[:, :-1]).float()
-            return z, L.token_ce_sum(logits[gold, :-1], ids[gold, 1:], weight, eps).sum()
+            rows, pos = inputs["full_row"][:, None], inputs["full_pos"]
+            tok = L.token_ce_sum(logits[rows, pos], inputs["full_tgt"], inputs["full_mask"], eps)
+            return z, tok.sum()
         return z, None
 
     @torch.no_grad()
