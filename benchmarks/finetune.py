@@ -273,10 +273,11 @@ def train_run(
     ts: bool = False,
     ref_known: dict[str, bool] | None = None,
     fmt: dict[str, Any] | None = None,
+    extra: Any = None,
     **overrides: Any,
 ) -> dict[str, Any] | None:
     """Fine-tune, score the adapter on ``sets`` (plus cal for TS) in the format it was trained
-    in (``fmt``: letter by default), cache the record."""
+    in (``fmt``: letter by default), cache the record; ``extra(scores)`` adds to the record."""
     fmt = fmt or LETTER
 
     def run() -> dict[str, Any]:
@@ -324,6 +325,8 @@ def train_run(
         }
         if ts and cal is not None:
             record["ts"], record["ts_per_question"] = _with_ts(scores)
+        if extra is not None:
+            record.update(extra(scores))
         shutil.rmtree(out, ignore_errors=True)
         return record
 
@@ -450,6 +453,76 @@ def study_mix(sp: dict[str, Task]) -> dict[str, Any] | None:
             if rec is not None:
                 runs.setdefault(name, []).append(rec)
     return {"n_each": n, "n_known_in_pool": len(known), "n_pool": len(sp["pool"]), "runs": runs}
+
+
+def study_daca(sp: dict[str, Task]) -> dict[str, Any] | None:
+    """DACA within family: Gemma-3-270M (pre-trained) is the reference, its vanilla cloze SFT
+    (seed 0) the PoLM; τ fitted on the unlabelled cal split, against TS on the labelled one."""
+
+    def daca(scores: dict[str, Any]) -> dict[str, Any]:
+        from llmcal.calibrate import DACA
+
+        reference = _scorer(GEMMA).score(sp["cal"], template="daca1", **FORMAT)
+        fit = DACA().fit(target=scores["cal"], reference=reference)
+        assert fit.mask_ is not None
+        scaled = {k: fit.transform(v) for k, v in scores.items() if k != "cal"}
+        return {
+            "daca": {k: evaluation_metrics(v) for k, v in scaled.items()},
+            "daca_per_question": _per_question(scaled),
+            "daca_tau": fit.temperature,
+            "daca_agree": int(fit.mask_.sum()),
+            "daca_n": len(fit.mask_),
+            "reference_cal_accuracy": float(reference.correct().mean()),
+        }
+
+    base = baseline(GEMMA, {"test": sp["test"], "ood": sp["ood"]}, "cloze-gemma-base", fmt=FORMAT)
+    rec = train_run(
+        "cloze-gemma-sft-daca-s0",
+        GEMMA,
+        "sft",
+        0,
+        sp["train"],
+        {"test": sp["test"], "ood": sp["ood"]},
+        cal=sp["cal"],
+        ts=True,
+        fmt=FORMAT,
+        extra=daca,
+        balance_letters=True,
+    )
+    if base is None or rec is None:
+        return None
+    return {"base": base, "run": rec}
+
+
+def _daca_lines(st: dict[str, Any]) -> list[str]:
+    r, base = st["run"], st["base"]
+    rows = []
+    for split in ("test", "ood"):
+        entries = [
+            ("Gemma-3-270M (reference, untrained)", base, "per_question", "metrics"),
+            ("+ vanilla cloze SFT (the PoLM)", r, "per_question", "metrics"),
+            ("PoLM + TS (labelled cal)", r, "ts_per_question", "ts"),
+            ("PoLM + DACA (unlabelled cal)", r, "daca_per_question", "daca"),
+        ]
+        for label, rec, pq, key in entries:
+            m = rec[key][split]
+            e, lo, hi = seed_mean_ci([rec], split, "ece15", pq)
+            rows.append([
+                label, split, f"{100 * m['accuracy']:.1f}",
+                f"{100 * e:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]", f"{100 * m['ece10']:.2f}",
+                f"{m['brier']:.4f}", f"{m['nll']:.4f}",
+            ])  # fmt: skip
+    return [
+        "## 5. DACA within family (Gemma-3-270M base → its vanilla cloze SFT)",
+        "",
+        f"PoLM = Gemma-3-270M after vanilla cloze SFT (seed 0, the study's settings); reference = "
+        f"the pre-trained Gemma-3-270M. DACA τ = {r['daca_tau']:.3f} from the "
+        f"{r['daca_agree']} of {r['daca_n']} unlabelled cal questions where both models agree; "
+        f"TS τ = {r['ts']['_temperature']['value']:.3f} from the labelled cal split.",
+        "",
+        md_table(["model", "split", "accuracy", "ECE15 [95 % CI]", "ECE10", "Brier", "NLL"], rows),
+        "",
+    ]
 
 
 def synthetic_splits(n_train: int, n_test: int) -> dict[str, Task]:
@@ -743,7 +816,7 @@ def render(results: dict[str, Any]) -> str:
         "at 135M–270M parameters vanilla letter SFT never left chance here (study 0), while in "
         "cloze format both bundled models start well above it.",
         "",
-        f"Model: SmolLM2-135M-Instruct for every study (Gemma-3-270M's 262k-token head makes a "
+        f"Model: SmolLM2-135M-Instruct for studies 1–3 (Gemma-3-270M's 262k-token head makes a "
         f"cloze step about 2× as slow on this CPU). LoRA r = {s['lora_r']} (α = "
         f"{2 * s['lora_r']}) on {', '.join(s['targets'])}, AdamW lr {s['lr']}, linear schedule, "
         f"{s['epochs']} epoch(s) × batch {s['batch']}; train / cal / test = {n['train']} / "
@@ -855,6 +928,8 @@ def render(results: dict[str, Any]) -> str:
             ),
             "",
         ]
+    if "daca" in results:
+        parts += _daca_lines(results["daca"])
     if "steps" in results:
         st = results["steps"]
         base = min(st["sft"]["step_seconds"])
@@ -927,7 +1002,7 @@ def _gate_lines(st: dict[str, Any]) -> list[str]:
     return [*lines, ""] if lines else []
 
 
-STAGES = ("feasibility", "cogcalib", "cft", "mix", "steps", "report")  # or "partial"
+STAGES = ("feasibility", "cogcalib", "cft", "mix", "daca", "steps", "report")  # or "partial"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -948,6 +1023,7 @@ def main(argv: list[str] | None = None) -> None:
         "cogcalib": study_cogcalib,
         "cft": study_cft,
         "mix": study_mix,
+        "daca": study_daca,
         "steps": step_times,
     }
     for stage in stages:
