@@ -179,6 +179,8 @@ def encode_cloze_task(
         if q.answer is None:
             raise ConfigError(f"question {q.id!r} has no answer; fine-tuning needs labels")
         ctx, options = scorer.cloze_item(q, fmt.template)
+        if not ctx:
+            raise ConfigError(f"question {q.id!r}: the cloze context encodes to no tokens")
         longest = max(len(c) for c, _ in options)
         if max_length is not None and len(ctx) + longest > max_length:
             if longest >= max_length:

@@ -261,6 +261,7 @@ class HFScorer:
         self.batch_size = batch_size
         self.progress = progress
         self.adapter = None if adapter is None else str(adapter)
+        self._adapter_mode_checked = False  # the trained-vs-scored mode warning, once
         self.convert_cache = convert_cache
         self.tokenizer, self.model = self._load(trust_remote_code, token)
         if device_map is not None or load_in is not None:
@@ -419,7 +420,7 @@ class HFScorer:
     def _check_adapter_mode(self, mode: Mode, normalization: Normalization) -> None:
         """Warn (once per scorer) when an ``llmcal finetune`` adapter is scored in another mode
         than it was trained in: its numbers are then not the ones it was trained for."""
-        if self.adapter is None or getattr(self, "_adapter_mode_checked", False):
+        if self.adapter is None or self._adapter_mode_checked:
             return
         self._adapter_mode_checked = True
         record = Path(str(self.adapter)) / "llmcal_finetune.json"
@@ -433,16 +434,20 @@ class HFScorer:
         want = trained + (f" ({meta.get('normalization')})" if trained == "cloze" else "")
         got = mode + (f" ({normalization})" if mode == "cloze" else "")
         if want != got:
-            from llmcal._cliutil import warn
+            import warnings
+
+            from llmcal.errors import LLMCalWarning
 
             flags = (
                 "--mode letter"
                 if trained == "letter"
                 else (f"--mode cloze --normalization {meta.get('normalization')}")
             )
-            warn(
+            warnings.warn(
                 f"adapter {self.adapter} was trained in {want} mode but is scored in {got} mode; "
-                f"score it with {flags}"
+                f"score it with {flags}",
+                LLMCalWarning,
+                stacklevel=3,
             )
 
     # -- public API ---------------------------------------------------------------------------
