@@ -79,6 +79,8 @@ def test_finetune_resume_and_score_with_the_adapter(
         (["--alpha", "-1"], "--alpha must be >= 0"),
         (["--cal-fraction", "0.5", "--test-fraction", "0.5"], "must be >= 0 and sum to < 1"),
         (["--template", "fewshot"], "zero-shot"),
+        (["--normalization", "sum"], "add --mode cloze"),
+        (["--mode", "cloze", "--letter-sep", "bare"], "leave it out with --mode cloze"),
     ],
 )
 def test_finetune_user_errors_leave_no_output(

@@ -15,13 +15,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tiny import tiny_task
+from tiny import logged_loss, tiny_task
 
-from cli_helpers import assert_user_error, run
+from cli_helpers import run
 
 pytest.importorskip("peft")
-
-from llmcal.finetune import FinetuneConfig, finetune
 
 
 @pytest.fixture(scope="module")
@@ -64,29 +62,6 @@ def _z(opts: list[dict[str, Any]], how: str) -> list[float]:
     return [o["sum"] / div(o) for o in opts]
 
 
-def _logged_loss(model: Path, tmp: Path, train: Any, **settings: Any) -> float:
-    cfg = FinetuneConfig(
-        max_steps=1,
-        batch_size=8,
-        learning_rate=1e-3,
-        logging_steps=1,
-        lora_r=4,
-        warmup_ratio=0.0,
-        mode="cloze",
-        **settings,
-    )
-    res = finetune(
-        str(model),
-        train,
-        cfg,
-        tmp / "adapter",
-        progress=False,
-        device="cpu",
-        training_args={"save_strategy": "no"},
-    )
-    return float(next(h["loss"] for h in res.log_history if "loss" in h))
-
-
 @pytest.mark.parametrize("how", ["sum", "mean", "char"])
 def test_hand_option_logits_are_the_scorers_cloze_scores(hand: dict[str, Any], how: str) -> None:
     scores = hand["scorer"].score(hand["train"], mode="cloze", normalization=how)
@@ -124,7 +99,9 @@ def test_cloze_losses_match_the_hand_computation(
         "full": ({"base_loss": "full"}, sum(every) / len(every)),
     }
     for name, (settings, value) in want.items():
-        got = _logged_loss(tiny_model, tmp_path / name, train, cloze_layout=layout, **settings)
+        got = logged_loss(
+            tiny_model, tmp_path / name, train, mode="cloze", cloze_layout=layout, **settings
+        )
         assert got == pytest.approx(value, rel=2e-6), name
     assert option_ce("sum") != pytest.approx(option_ce("mean"), rel=1e-3)
 
@@ -194,28 +171,6 @@ def test_cli_trains_evaluates_and_warns_about_the_scoring_mode(
     assert "--mode cloze --normalization sum" in err
     code, _, err = run(capsys, *score, "--mode", "cloze", "--normalization", "sum")
     assert code == 0 and "trained in" not in err
-
-
-@pytest.mark.parametrize(
-    ("extra", "fragment"),
-    [
-        (["--normalization", "sum"], "add --mode cloze"),
-        (["--mode", "cloze", "--letter-sep", "bare"], "leave it out with --mode cloze"),
-    ],
-)
-def test_cloze_flag_mistakes_are_user_errors(
-    capsys: pytest.CaptureFixture[str],
-    tiny_model: Path,
-    data: Path,
-    tmp_path: Path,
-    extra: list[str],
-    fragment: str,
-) -> None:
-    out = tmp_path / "adapter"
-    args = ["finetune", "--model", str(tiny_model), "--task", str(data), "--out", str(out)]
-    code, _, err = run(capsys, *args, "--max-steps", "1", *extra)
-    assert_user_error(code, err, fragment)
-    assert not out.exists()
 
 
 def test_layout_falls_back_to_rows_where_a_4d_mask_would_be_wrong() -> None:

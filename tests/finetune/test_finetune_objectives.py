@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tiny import tiny_task
+from tiny import logged_loss, tiny_task
 
 pytest.importorskip("peft")
 
-from llmcal.finetune import FinetuneConfig, finetune
+from llmcal.finetune import FinetuneConfig
 
 HERE = Path(__file__).resolve().parent
 
@@ -78,29 +78,6 @@ def hand(tiny_model: Path) -> dict[str, Any]:
     return {"train": train, "rows": rows}
 
 
-def _logged_loss(model: Path, tmp: Path, train: Any, **settings: Any) -> float:
-    cfg = FinetuneConfig(
-        method="rcft",
-        max_steps=1,
-        batch_size=8,
-        learning_rate=1e-3,
-        logging_steps=1,
-        lora_r=4,
-        warmup_ratio=0.0,
-        **settings,
-    )
-    res = finetune(
-        str(model),
-        train,
-        cfg,
-        tmp / "adapter",
-        progress=False,
-        device="cpu",
-        training_args={"save_strategy": "no"},
-    )
-    return float(next(h["loss"] for h in res.log_history if "loss" in h))
-
-
 def test_rcft_losses_match_the_hand_computation(
     tiny_model: Path, tmp_path: Path, hand: dict[str, Any]
 ) -> None:
@@ -131,7 +108,7 @@ def test_rcft_losses_match_the_hand_computation(
         "ece-only-code": ({"ece_only": True, "ece_weighting": "code"}, 0.5e-3 * ece_code),
     }
     for name, (settings, value) in want.items():
-        got = _logged_loss(tiny_model, tmp_path / name, train, **settings)
+        got = logged_loss(tiny_model, tmp_path / name, train, method="rcft", **settings)
         assert got == pytest.approx(value, rel=2e-6), name
 
 

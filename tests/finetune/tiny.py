@@ -47,3 +47,15 @@ def tiny_task(n: int, prefix: str = "q", seed: int = 0, varied: bool = False) ->
         )
         qs.append(Question(f"{prefix}{i}", f"Which {q}?", choices, int(rng.integers(len(choices)))))
     return Task(f"tiny-{prefix}", qs)
+
+
+def logged_loss(model: Path, out: Path, train: Task, **settings: object) -> float:
+    """The logged training loss of one step (batch 8, LoRA r = 4) from the initial weights."""
+    from llmcal.finetune import FinetuneConfig, finetune
+
+    values: dict[str, object] = {"max_steps": 1, "batch_size": 8, "learning_rate": 1e-3,
+                                 "logging_steps": 1, "lora_r": 4, "warmup_ratio": 0.0}  # fmt: skip
+    cfg = FinetuneConfig(**{**values, **settings})  # type: ignore[arg-type]
+    res = finetune(str(model), train, cfg, out / "adapter", progress=False, device="cpu",
+                   training_args={"save_strategy": "no"})  # fmt: skip
+    return float(next(h["loss"] for h in res.log_history if "loss" in h))

@@ -13,7 +13,7 @@ the number ``llmcal score --mode cloze`` gives, and the K scores are the option 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ import numpy as np
 
 from llmcal.errors import ConfigError
 from llmcal.tasks.templates import Template
-from llmcal.tasks.types import Task
+from llmcal.tasks.types import Question, Task
 
 if TYPE_CHECKING:
     import torch
@@ -110,6 +110,20 @@ def resolve_letter_template(
     return get_template(CFT_VARIANTS[best]), masses
 
 
+def _labelled(task: Task, k: int) -> Iterator[tuple[Question, int]]:
+    """``(question, answer)`` for every question of ``task``, each checked to have an answer and
+    at most ``k`` options."""
+    if task.max_choices > k:
+        raise ConfigError(
+            f"task {task.name!r} has questions with {task.max_choices} choices but the format "
+            f"was resolved for {k}"
+        )
+    for q in task:
+        if q.answer is None:
+            raise ConfigError(f"question {q.id!r} has no answer; fine-tuning needs labels")
+        yield q, q.answer
+
+
 def encode_task(
     scorer: HFScorer,
     task: Task,
@@ -122,23 +136,16 @@ def encode_task(
     ``max_length`` truncates the prompt on the left (the ``Answer:`` end is kept);
     ``ref_known`` optionally tags each question as known / unknown for diagnostics.
     """
-    if task.max_choices > fmt.k:
-        raise ConfigError(
-            f"task {task.name!r} has questions with {task.max_choices} choices but the format "
-            f"was resolved for {fmt.k}"
-        )
     out = []
-    for q in task:
-        if q.answer is None:
-            raise ConfigError(f"question {q.id!r} has no answer; fine-tuning needs labels")
+    for q, answer in _labelled(task, fmt.k):
         prompt = scorer.encode(scorer.render_letter(q, fmt.template), fmt.template.chat)
         if max_length is not None and len(prompt) + 1 > max_length:
             prompt = prompt[len(prompt) + 1 - max_length :]
         known = -1 if ref_known is None or q.id not in ref_known else int(ref_known[q.id])
         out.append(
             {
-                "input_ids": [*prompt, fmt.option_ids[q.answer]],
-                "label": q.answer,
+                "input_ids": [*prompt, fmt.option_ids[answer]],
+                "label": answer,
                 "n_choices": len(q.choices),
                 "ref_known": known,
             }
@@ -169,15 +176,8 @@ def encode_cloze_task(
     """
     from llmcal.models.hf import cloze_divisor
 
-    if task.max_choices > fmt.k:
-        raise ConfigError(
-            f"task {task.name!r} has questions with {task.max_choices} choices but the format "
-            f"was resolved for {fmt.k}"
-        )
     out = []
-    for q in task:
-        if q.answer is None:
-            raise ConfigError(f"question {q.id!r} has no answer; fine-tuning needs labels")
+    for q, answer in _labelled(task, fmt.k):
         ctx, options = scorer.cloze_item(q, fmt.template)
         if not ctx:
             raise ConfigError(f"question {q.id!r}: the cloze context encodes to no tokens")
@@ -195,7 +195,7 @@ def encode_cloze_task(
                 "context": ctx,
                 "options": [c for c, _ in options],
                 "divisor": [cloze_divisor(len(c), n, fmt.normalization) for c, n in options],
-                "label": q.answer,
+                "label": answer,
                 "n_choices": len(q.choices),
                 "ref_known": known,
             }
