@@ -191,6 +191,14 @@ def _with_ts(scores: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 CACHED_ONLY = False  # report: use finished runs only, skip the rest
+ONLY: set[str] | None = None  # --methods: run only these methods / run names (not the report)
+
+
+def _only(names: tuple[str, ...]) -> tuple[str, ...]:
+    """``names`` in order, restricted to ``--methods`` when running (the report reads all)."""
+    if ONLY is None or CACHED_ONLY:
+        return names
+    return tuple(n for n in names if n in ONLY)
 
 
 def _cached(name: str, fn: Any) -> Any:
@@ -366,7 +374,7 @@ def study_cogcalib(sp: dict[str, Task]) -> dict[str, Any] | None:
     if base is None:
         return None
     known = _known(base, "train")
-    methods = QUICK_COGCALIB if SIZES["profile"] == "quick" else COGCALIB_METHODS
+    methods = _only(QUICK_COGCALIB if SIZES["profile"] == "quick" else COGCALIB_METHODS)
     runs: dict[str, list[dict[str, Any]]] = {}
     for method in methods:
         for seed in SIZES["seeds"]:
@@ -396,7 +404,7 @@ def study_cft(sp: dict[str, Task]) -> dict[str, Any] | None:
     base = _base(sp)
     if base is None:
         return None
-    names = QUICK_CFT if SIZES["profile"] == "quick" else tuple(CFT_RUNS)
+    names = _only(QUICK_CFT if SIZES["profile"] == "quick" else tuple(CFT_RUNS))
     runs: dict[str, list[dict[str, Any]]] = {}
     for name in names:
         method, extra, main = CFT_RUNS[name]
@@ -1010,7 +1018,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("stages", nargs="*", help=f"of {', '.join(STAGES)}, partial")
     parser.add_argument("--quick", action="store_true", help="smoke-sized run (not the study)")
+    parser.add_argument(
+        "--methods", default=None, help="comma-separated: run only these (cogcalib / cft stages)"
+    )
     args = parser.parse_args(argv)
+    global ONLY
+    ONLY = set(args.methods.split(",")) if args.methods else None
     use_profile("quick" if args.quick else "full")
     stages = args.stages or list(STAGES)
     for stage in stages:
