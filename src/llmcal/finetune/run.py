@@ -219,6 +219,7 @@ def finetune(
         k=all_q.max_choices,
         cal_dataset=cal_ds,
     )
+    trainer.show_progress = progress
     trainer.add_callback(StepTimer(trainer))
     if plain:
         trainer.add_callback(StepProgress(f"training {model} ({config.method})"))

@@ -113,6 +113,7 @@ class CalibrationTrainer(Trainer):
         self.initial_known: torch.Tensor | None = None  # D_cal correctness of the initial model
         self.bin_counts: torch.Tensor | None = None  # RCFT E-step n_m (whole training set)
         self.bin_acc: torch.Tensor | None = None  # RCFT E-step acc_m
+        self.show_progress = True  # progress lines of the whole-dataset passes (rank 0 only)
         self.gate_history: list[dict[str, float]] = []
         self.e_step_history: list[dict[str, Any]] = []
         self.diagnostics: list[dict[str, float]] = []
@@ -221,7 +222,7 @@ class CalibrationTrainer(Trainer):
         zs, ys, ms = [], [], []
         bs = self.args.per_device_train_batch_size
         order = sorted(idx, key=lambda i: -_length(dataset[i]))
-        shown = self.is_world_process_zero()
+        shown = self.show_progress and self.is_world_process_zero()
         with progress(len(order), f"{desc} (step {self.state.global_step})", enabled=shown) as bar:
             for start in range(0, len(order), bs):
                 batch = collate([dataset[i] for i in order[start : start + bs]])
