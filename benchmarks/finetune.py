@@ -951,6 +951,23 @@ def render(results: dict[str, Any]) -> str:
             ),
             "",
         ]
+        runs = mix["runs"]
+        if "all-known" in runs and "all-unknown" in runs:
+            cells = []
+            for metric in ("ece15", "accuracy"):
+                d = paired_vs(runs["all-known"], runs["all-unknown"], "test", metric)
+                if d is not None:
+                    cells.append(
+                        f"Δ {metric} {_pct(d['delta'])} [{_pct(d['low'])}, {_pct(d['high'])}], "
+                        f"p = {d['p']:.3f}"
+                    )
+            if cells:
+                parts += [
+                    "All-known − all-unknown, paired bootstrap over test questions and seeds: "
+                    + "; ".join(cells)
+                    + " (paper: all-unknown training gives the lower ECE).",
+                    "",
+                ]
     if "daca" in results:
         parts += _daca_lines(results["daca"])
     if "steps" in results:
