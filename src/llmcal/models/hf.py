@@ -409,8 +409,14 @@ class HFScorer:
         path = Path(str(self.adapter))
         if not (path / "adapter_config.json").is_file():
             raise ModelError(f"{path} is not a PEFT adapter directory (no adapter_config.json)")
+        import warnings
+
         try:
-            return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+            with warnings.catch_warnings():  # raised by transformers inside PEFT, not the user's
+                warnings.filterwarnings(
+                    "ignore", message="`is_gradient_checkpointing` is deprecated"
+                )
+                return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
         except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
             raise ModelError(
                 f"could not load adapter {path} onto {self.name!r}: {type(exc).__name__}: "
