@@ -225,21 +225,6 @@ def _option_mask(examples: Sequence[dict[str, Any]], k: int) -> torch.Tensor:
     return torch.arange(k)[None, :] < n[:, None]
 
 
-def _left_padded(
-    seqs: Sequence[Sequence[int]], pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Input ids, attention mask and position ids of left-padded ``seqs`` (as HFScorer)."""
-    import torch
-
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        ids[r, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
-        mask[r, width - len(s) :] = 1
-    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
-
-
 def _pairs(mask: torch.Tensor) -> float:
     """Real (token, next token) pairs: the tokens a full-sequence SFT loss is taken over."""
     return float((mask[:, 1:] * mask[:, :-1]).sum())
@@ -262,7 +247,9 @@ class LetterCollator:
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         import torch
 
-        ids, mask, position_ids = _left_padded([e["input_ids"] for e in examples], self.pad_id)
+        from llmcal.models.hf import left_pad
+
+        ids, mask, position_ids = left_pad([e["input_ids"] for e in examples], self.pad_id)
         n, width = ids.shape
         return {
             "input_ids": ids,

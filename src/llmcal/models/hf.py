@@ -171,6 +171,22 @@ def length_batches(lengths: Sequence[int], max_items: int) -> Iterator[list[int]
         yield order[start : start + max_items]
 
 
+def left_pad(
+    seqs: Sequence[Sequence[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Input ids, attention mask and position ids (0 at each row's first real token) of
+    ``seqs`` left-padded with ``pad_id`` to the longest."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[r, width - len(s) :] = 1
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def cloze_divisor(n_tokens: int, n_chars: int, how: Normalization) -> float:
     """What a continuation's summed log-probability is divided by: 1 (``sum``), its token
     count (``mean``) or its length in characters (``char``, lm-eval's ``acc_norm``)."""
@@ -953,14 +969,7 @@ class HFScorer:
         self, seqs: Sequence[Sequence[int]]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Input ids, attention mask and position ids of left-padded ``seqs``."""
-        torch = self._torch
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for r, s in enumerate(seqs):
-            ids[r, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-            mask[r, width - len(s) :] = 1
-        return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+        return left_pad(seqs, self.tokenizer.pad_token_id)
 
     def _forward(self, seqs: Sequence[Sequence[int]], keep: int, vocab: Any = None) -> torch.Tensor:
         """Float32 logits of the last ``keep`` positions of left-padded ``seqs`` (B × keep × V,
