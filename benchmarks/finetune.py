@@ -1,15 +1,19 @@
 """Calibration-aware LoRA fine-tuning on the bundled models, at a scale that can show effects.
 
-Studies (see ../shared/methods/cogcalib.md and cft_rcft.md):
+Studies (see ../shared/methods/cogcalib.md and cft_rcft.md), in cloze format (options scored as
+continuations of ``Question: … Answer:``; in the papers' letter format vanilla SFT never left
+chance here, the ``feasibility`` stage):
 
-1. CogCalib on Gemma-3-270M (base): vanilla SFT, TS on vanilla SFT, uniform LS / MbLS / ECP,
+0. Feasibility (letter format): can vanilla SFT leave chance at all, per model / data / lr.
+1. CogCalib on SmolLM2-135M-Instruct: vanilla SFT, TS on vanilla SFT, uniform LS / MbLS / ECP,
    CoLS / CoMbLS / CoECP; in-domain (pooled ARC-Easy + ARC-Challenge + OpenBookQA) and
-   out-of-domain (MMLU subjects). SliCK-style knowledge labels of the training set.
-2. CFT / RCFT on SmolLM2-135M-Instruct (aligned), in the CFT "### Question … ### Answer:"
-   format: as-is, TS, CFT, RCFT (paper: SFT2 + λ·batch-mean L_ECE), LS (CFT + ε = 0.1 over the
-   vocabulary), and the ablations RCFT with the authors' objective and ECE-only.
+   out-of-domain (MMLU subjects).
+2. CFT / RCFT on SmolLM2-135M-Instruct (aligned): as-is, TS, CFT, RCFT (paper: SFT2 +
+   λ·batch-mean L_ECE), LS (CFT + ε = 0.1 over the vocabulary), and the ablations RCFT with the
+   authors' objective and ECE-only.
 3. The CogCalib finding: vanilla SFT on equal-size all-unknown / half-known / all-known sets.
-4. Step time of each method vs plain LoRA SFT on the same batch.
+4. DACA within family: Gemma-3-270M (base) against its own cloze SFT.
+5. Step time of each method vs plain LoRA SFT on the same batch.
 
 Every (study, method, seed) run is cached as JSON, written only when the run finished, so an
 interrupted study resumes where it stopped: rerun the same command. The full study's runs are

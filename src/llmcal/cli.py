@@ -1082,12 +1082,8 @@ def _report_guarantees(args: argparse.Namespace, source: Any) -> dict[str, Any] 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """LoRA fine-tuning with a calibration-aware objective; writes a PEFT adapter folder."""
-    import warnings
-
     from llmcal.finetune.command import check_adapter_out, config_from_args, run_finetune
 
-    # raised inside transformers when PEFT asks about gradient checkpointing; not the user's call
-    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
     check_adapter_out(args.out)  # before loading any data or model
     config_from_args(args)
     summary = run_finetune(args, _load_task(args))

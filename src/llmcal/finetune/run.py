@@ -136,7 +136,7 @@ def finetune(
         StepProgress,
         StepTimer,
     )
-    from llmcal.models.hf import HFScorer
+    from llmcal.models.hf import HFScorer, quiet_peft
     from llmcal.progress import style as progress_style
 
     out = Path(out)
@@ -180,7 +180,8 @@ def finetune(
         from peft import prepare_model_for_kbit_training
 
         base = prepare_model_for_kbit_training(base)
-    peft_model = get_peft_model(base, _lora_config(config))
+    with quiet_peft():
+        peft_model = get_peft_model(base, _lora_config(config))
     ckpt = checkpoint_dir_for(out)
     plain = progress and progress_style() == "plain"  # no terminal: lines, not a tqdm bar
     arg_values: dict[str, Any] = dict(

@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import pickle
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,6 +170,15 @@ def length_batches(lengths: Sequence[int], max_items: int) -> Iterator[list[int]
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     for start in range(0, len(order), max_items):
         yield order[start : start + max_items]
+
+
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Silence transformers' ``is_gradient_checkpointing`` FutureWarning, which PEFT's model
+    wrapper raises on every construction: not the user's call, and printed once per adapter."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+        yield
 
 
 def left_pad(
@@ -425,13 +435,8 @@ class HFScorer:
         path = Path(str(self.adapter))
         if not (path / "adapter_config.json").is_file():
             raise ModelError(f"{path} is not a PEFT adapter directory (no adapter_config.json)")
-        import warnings
-
         try:
-            with warnings.catch_warnings():  # raised by transformers inside PEFT, not the user's
-                warnings.filterwarnings(
-                    "ignore", message="`is_gradient_checkpointing` is deprecated"
-                )
+            with quiet_peft():
                 return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
         except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
             raise ModelError(
@@ -456,8 +461,6 @@ class HFScorer:
         want = trained + (f" ({meta.get('normalization')})" if trained == "cloze" else "")
         got = mode + (f" ({normalization})" if mode == "cloze" else "")
         if want != got:
-            import warnings
-
             from llmcal.errors import LLMCalWarning
 
             flags = (
