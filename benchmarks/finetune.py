@@ -859,6 +859,8 @@ def render(results: dict[str, Any]) -> str:
         "over seeds); Δ and p: the paired bootstrap of method − reference on the same "
         "questions and seeds (p two-sided).",
         "",
+        _budget_line(results),
+        "",
     ]
     if "feasibility" in results:
         parts += _feasibility_lines(results["feasibility"])
@@ -997,6 +999,29 @@ def render(results: dict[str, Any]) -> str:
             "",
         ]
     return "\n".join(parts)
+
+
+def _budget_line(results: dict[str, Any]) -> str:
+    """The wall time of every cached run the report draws on (training + scoring)."""
+    seen: dict[int, float] = {}
+
+    def walk(x: Any) -> None:
+        if isinstance(x, dict):
+            if isinstance(x.get("wall_seconds"), float):
+                seen[id(x)] = x["wall_seconds"]
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    walk(results)
+    hours = sum(seen.values()) / 3600
+    return (
+        f"Compute: the {len(seen)} cached runs behind this report took {hours:.1f} h of wall "
+        "time on a shared 2-core CPU (model loads, training, scoring and TS fits), the letter-format "
+        "feasibility runs of study 0 included."
+    )
 
 
 def _code_objective_lines(st: dict[str, Any]) -> list[str]:
