@@ -9,7 +9,7 @@ import torch
 from llmcal import ModelError, Question, Task
 from llmcal.errors import ConfigError
 from llmcal.models import HFScorer, resolve_model
-from llmcal.models.hf import converted_dir
+from llmcal.models.hf import converted_dir, quiet_peft
 from llmcal.tasks import get_template
 
 pytestmark = pytest.mark.model
@@ -151,7 +151,8 @@ def test_adapter_changes_scores_like_peft(smol: HFScorer, tmp_path) -> None:  # 
         r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
     )
     torch.manual_seed(0)
-    pm = peft.get_peft_model(scorer.model, cfg)
+    with quiet_peft():  # the reference's own PEFT call
+        pm = peft.get_peft_model(scorer.model, cfg)
     pm.save_pretrained(tmp_path / "adapter")
     prompt = get_template("daca1").letter_prompt(QUESTIONS[0])
     ids = scorer.tokenizer(prompt, return_tensors="pt")["input_ids"]
