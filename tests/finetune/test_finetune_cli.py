@@ -81,6 +81,8 @@ def test_finetune_resume_and_score_with_the_adapter(
         (["--template", "fewshot"], "zero-shot"),
         (["--normalization", "sum"], "add --mode cloze"),
         (["--mode", "cloze", "--letter-sep", "bare"], "leave it out with --mode cloze"),
+        (["--lora-targets", "foo_proj"], "foo_proj matches no module of this model"),
+        (["--lora-targets", "q_proj,vv_proj"], "vv_proj matches no module"),  # PEFT: silent
     ],
 )
 def test_finetune_user_errors_leave_no_output(

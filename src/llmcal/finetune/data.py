@@ -130,17 +130,19 @@ def encode_task(
     fmt: LetterFormat,
     max_length: int | None = None,
     ref_known: dict[str, bool] | None = None,
+    what: str = "training",
 ) -> list[dict[str, Any]]:
     """One example per question: prompt ids + gold letter id, label, number of choices.
 
     ``max_length`` truncates the prompt on the left (the ``Answer:`` end is kept);
     ``ref_known`` optionally tags each question as known / unknown for diagnostics.
     """
-    out = []
+    out, cut = [], 0
     for q, answer in _labelled(task, fmt.k):
         prompt = scorer.encode(scorer.render_letter(q, fmt.template), fmt.template.chat)
         if max_length is not None and len(prompt) + 1 > max_length:
             prompt = prompt[len(prompt) + 1 - max_length :]
+            cut += 1
         known = -1 if ref_known is None or q.id not in ref_known else int(ref_known[q.id])
         out.append(
             {
@@ -150,7 +152,24 @@ def encode_task(
                 "ref_known": known,
             }
         )
+    _warn_truncated(task, cut, max_length, what)
     return out
+
+
+def _warn_truncated(task: Task, cut: int, max_length: int | None, what: str) -> None:
+    """One warning when ``--max-length`` cut the start off some of ``task``'s prompts
+    (``what``: which split they are, for the message)."""
+    if cut:
+        import warnings
+
+        from llmcal.errors import LLMCalWarning
+
+        warnings.warn(
+            f"--max-length {max_length} cut the start off {cut} of {len(task)} {what} prompts "
+            "(the model does not see their whole question); raise it to keep them",
+            LLMCalWarning,
+            stacklevel=3,
+        )
 
 
 @dataclass(frozen=True)
@@ -168,6 +187,7 @@ def encode_cloze_task(
     fmt: ClozeFormat,
     max_length: int | None = None,
     ref_known: dict[str, bool] | None = None,
+    what: str = "training",
 ) -> list[dict[str, Any]]:
     """One example per question: context ids, per-option continuation ids and divisors.
 
@@ -176,7 +196,7 @@ def encode_cloze_task(
     """
     from llmcal.models.hf import cloze_divisor
 
-    out = []
+    out, cut = [], 0
     for q, answer in _labelled(task, fmt.k):
         ctx, options = scorer.cloze_item(q, fmt.template)
         if not ctx:
@@ -189,6 +209,7 @@ def encode_cloze_task(
                     f"--max-length {max_length}; raise it"
                 )
             ctx = ctx[len(ctx) + longest - max_length :]
+            cut += 1
         known = -1 if ref_known is None or q.id not in ref_known else int(ref_known[q.id])
         out.append(
             {
@@ -200,6 +221,7 @@ def encode_cloze_task(
                 "ref_known": known,
             }
         )
+    _warn_truncated(task, cut, max_length, what)
     return out
 
 

@@ -67,6 +67,24 @@ def checkpoint_dir_for(out: Path) -> Path:
     return out.parent / f".{out.name}.checkpoints"
 
 
+def check_lora_targets(model: Any, targets: list[str]) -> None:
+    """Every LoRA target names a module of ``model`` the way PEFT matches it (the full name or
+    its last dotted parts); PEFT itself fails only when none matches, and then with a traceback."""
+    if targets == ["all-linear"]:
+        return
+    names = [n for n, _ in model.named_modules() if n]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        import torch
+
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                         if isinstance(m, torch.nn.Linear)})  # fmt: skip
+        raise ConfigError(
+            f"--lora-targets: {', '.join(missing)} matches no module of this model; its linear "
+            f"layers are {', '.join(linear)} (or use all-linear)"
+        )
+
+
 def _lora_config(cfg: FinetuneConfig) -> Any:
     from peft import LoraConfig
 
@@ -151,6 +169,7 @@ def finetune(
         raise ConfigError("fine-tuning uses zero-shot templates (e.g. daca1 or chat)")
     if scorer is None:
         scorer = HFScorer(model, device=device, progress=False)
+    check_lora_targets(scorer.model, config.lora_targets)
     if config.balance_letters:
         train = balance_letters(train, config.seed)
     all_q = Task(train.name, [*train, *(cal or [])])
@@ -161,7 +180,9 @@ def finetune(
         cfmt = ClozeFormat(template, config.normalization, all_q.max_choices)
         train_ds = ListDataset(encode_cloze_task(scorer, train, cfmt, config.max_length, ref_known))
         cal_ds = (
-            ListDataset(encode_cloze_task(scorer, cal, cfmt, config.max_length)) if cal else None
+            ListDataset(encode_cloze_task(scorer, cal, cfmt, config.max_length, what="cal"))
+            if cal
+            else None
         )
         every = train_ds.examples + (cal_ds.examples if cal_ds else [])
         layout = cloze_layout(scorer.model, every, config.cloze_layout)
@@ -170,7 +191,11 @@ def finetune(
         template, masses = resolve_letter_template(scorer, all_q, template, config.letter_sep)
         fmt = letter_format(scorer, all_q, template)
         train_ds = ListDataset(encode_task(scorer, train, fmt, config.max_length, ref_known))
-        cal_ds = ListDataset(encode_task(scorer, cal, fmt, config.max_length)) if cal else None
+        cal_ds = (
+            ListDataset(encode_task(scorer, cal, fmt, config.max_length, what="cal"))
+            if cal
+            else None
+        )
         collator = LetterCollator(pad_id, fmt.k)
         option_ids = list(fmt.option_ids)
 
