@@ -101,6 +101,10 @@ def test_batch_api_output_lines_and_letter_labels(tmp_path: Path) -> None:
     failed = [{**batch[0], "error": {"code": "x"}, "response": {"status_code": 500, "body": {}}}]
     with pytest.raises(DataError, match="failed \\(status 500"):
         read_openai_responses(_write(tmp_path / "f.jsonl", failed))
+    # how the Batch API writes a request that never got a response
+    expired = [{**batch[0], "error": {"code": "batch_expired"}, "response": None}]
+    with pytest.raises(DataError, match=r"failed \(no response, error .*batch_expired"):
+        read_openai_responses(_write(tmp_path / "e.jsonl", expired))
 
 
 def test_bad_rows_name_the_line_and_the_fix(tmp_path: Path) -> None:
@@ -115,6 +119,10 @@ def test_bad_rows_name_the_line_and_the_fix(tmp_path: Path) -> None:
         ([{**r, "label": 1.5}], "must be an option index or letter"),
         ([r, r], "appears on more than one line"),
         ([{**r, "response": {"object": "x"}}], r"no choices\[0\]"),
+        (
+            [{**r, "response": {"error": {"message": "Rate limit reached", "type": "requests"}}}],
+            r"the saved response is an API error \(Rate limit reached\); rerun that request",
+        ),
     ]
     for i, (items, message) in enumerate(cases):
         with pytest.raises(DataError, match=message) as err:

@@ -38,12 +38,13 @@ from llmcal.tasks.types import LETTERS, Task
 
 
 def _body_and_id(row: dict[str, Any], where: str) -> tuple[str, Any]:
-    if "custom_id" in row and isinstance(row.get("response"), dict) and "body" in row["response"]:
-        resp = row["response"]
-        status = resp.get("status_code", 200)
-        if row.get("error") or status != 200:
+    resp = row.get("response")
+    if "custom_id" in row and (resp is None or (isinstance(resp, dict) and "body" in resp)):
+        status = resp.get("status_code", 200) if resp is not None else None
+        if row.get("error") or resp is None or status != 200:  # a failed request
+            got = "no response" if resp is None else f"status {status}"
             raise DataError(
-                f"{where}: the batch request {row['custom_id']!r} failed (status {status}, error "
+                f"{where}: the batch request {row['custom_id']!r} failed ({got}, error "
                 f"{row.get('error')!r}); drop the row or re-run that request"
             )
         qid: Any = row["custom_id"]
@@ -65,6 +66,13 @@ def _top(body: dict[str, Any], where: str) -> tuple[list[tuple[str, float]], str
     try:
         lp = body["choices"][0].get("logprobs")
     except (KeyError, IndexError, TypeError, AttributeError):
+        err = body.get("error")
+        if err is not None:  # a saved failure: say what the API said, not just what is missing
+            msg = err.get("message", err) if isinstance(err, dict) else err
+            raise DataError(
+                f"{where}: the saved response is an API error ({str(msg)[:200]}); rerun that "
+                "request or drop the line"
+            ) from None
         raise DataError(f"{where}: not a completion response (no choices[0])") from None
     api = "chat" if isinstance(lp, dict) and "content" in lp else "completions"
     try:
