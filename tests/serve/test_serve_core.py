@@ -139,7 +139,7 @@ def test_serve_cli_reports_bad_artefacts_as_one_line(
     )  # fmt: skip
     assert_user_error(code, err, "sel.json", "no such file")
     code, _, err = run(capsys, "serve", "--upstream", "ftp://x", "--calibrator", str(cal))
-    assert_user_error(code, err, "not an http")
+    assert_user_error(code, err, "--upstream 'ftp://x' is not an http")
 
 
 @pytest.mark.model

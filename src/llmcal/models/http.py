@@ -107,12 +107,13 @@ def map_top_logprobs(
     return row, missing, max(0.0, 1.0 - seen)
 
 
-def normalize_endpoint(url: str) -> str:
-    """``http://host:port`` → ``http://host:port/v1``; other paths are kept (no trailing /)."""
+def normalize_endpoint(url: str, flag: str = "--endpoint") -> str:
+    """``http://host:port`` → ``http://host:port/v1``; other paths are kept (no trailing /).
+    ``flag``: the option the URL came from, for the error message."""
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(
-            f"--endpoint {public_url(url)!r} is not an http(s) URL; give e.g. http://127.0.0.1:8000/v1"
+            f"{flag} {public_url(url)!r} is not an http(s) URL; give e.g. http://127.0.0.1:8000/v1"
         )
     path = parts.path.rstrip("/") or "/v1"
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
