@@ -992,8 +992,8 @@ def render(results: dict[str, Any]) -> str:
             "## 4. Step time (SmolLM2-135M, one fixed batch)",
             "",
             f"Fastest of {s['time_rounds']} interleaved round(s) × {s['time_steps'] - 1} timed "
-            "step(s); excludes threshold fits and E-steps. The machine is shared, so "
-            "differences under ~10 % are noise.",
+            "step(s), each round in another method order; excludes threshold fits and E-steps. "
+            "The machine is shared: differences under ~15 % are noise.",
             "",
             md_table(["method", "s / step", "× plain SFT"], rows),
             "",
@@ -1019,8 +1019,12 @@ def _budget_line(results: dict[str, Any]) -> str:
     hours = sum(seen.values()) / 3600
     return (
         f"Compute: the {len(seen)} cached runs behind this report took {hours:.1f} h of wall "
-        "time on a shared 2-core CPU (model loads, training, scoring and TS fits), the letter-format "
-        "feasibility runs of study 0 included."
+        "time on a shared 2-core CPU (model loads, training, scoring and TS fits"
+        + (
+            "; the letter-format feasibility runs of study 0 included)."
+            if "feasibility" in results
+            else ")."
+        )
     )
 
 
