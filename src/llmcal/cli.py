@@ -720,7 +720,6 @@ def cmd_split(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the calibrating OpenAI-compatible proxy in front of --upstream."""
     from llmcal.calibrate import load_calibrator
-    from llmcal.models.http import normalize_endpoint
     from llmcal.serve import Proxy, load_selective, serve
 
     if args.calibrator is None and args.freeform_calibrator is None:
@@ -734,8 +733,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     if args.freeform_selective and args.freeform_calibrator is None:
         raise ConfigError("--freeform-selective needs --freeform-calibrator")
-    for url in args.upstream:  # checked here for the message to name --upstream
-        normalize_endpoint(url, flag="--upstream")
     cal = load_calibrator(args.calibrator) if args.calibrator else None
     rule = load_selective(args.selective) if args.selective else None
     free = load_calibrator(args.freeform_calibrator) if args.freeform_calibrator else None

@@ -13,13 +13,14 @@ the number ``llmcal score --mode cloze`` gives, and the K scores are the option 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from llmcal.errors import ConfigError
+from llmcal.errors import ConfigError, LLMCalWarning
 from llmcal.tasks.templates import Template
 from llmcal.tasks.types import Question, Task
 
@@ -160,10 +161,6 @@ def _warn_truncated(task: Task, cut: int, max_length: int | None, what: str) -> 
     """One warning when ``--max-length`` cut the start off some of ``task``'s prompts
     (``what``: which split they are, for the message)."""
     if cut:
-        import warnings
-
-        from llmcal.errors import LLMCalWarning
-
         warnings.warn(
             f"--max-length {max_length} cut the start off {cut} of {len(task)} {what} prompts "
             "(the model does not see their whole question); raise it to keep them",

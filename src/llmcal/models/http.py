@@ -222,10 +222,11 @@ class HTTPScorer:
         progress: bool | None = None,
         seed: int | None = None,
         transport: Any = None,
+        endpoint_flag: str = "--endpoint",  # the option the URLs came from, for messages
     ) -> None:
         urls = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         if not urls:
-            raise ConfigError("give at least one --endpoint URL")
+            raise ConfigError(f"give at least one {endpoint_flag} URL")
         if not model or not model.strip():
             raise ConfigError("--model: give the model name the server serves")
         for name, value in (("concurrency", concurrency), ("top_k", top_k)):
@@ -235,7 +236,7 @@ class HTTPScorer:
             raise ConfigError("timeout and deadline must be > 0, backoff values >= 0")
         if max_retries < 0:
             raise ConfigError(f"max_retries must be >= 0, got {max_retries}")
-        self.endpoints = [normalize_endpoint(u) for u in urls]
+        self.endpoints = [normalize_endpoint(u, endpoint_flag) for u in urls]
         self.name = model
         self.model = model
         self.concurrency = int(concurrency)

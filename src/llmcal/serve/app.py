@@ -209,6 +209,7 @@ class Proxy:
             max_retries=retries,
             top_k=top_k,
             progress=False,
+            endpoint_flag="--upstream",
         )
         if calibrator is None and freeform_calibrator is None:
             raise ConfigError(
